@@ -1,0 +1,34 @@
+# Set-up is implicit: every target that needs the environment builds it first (once).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(BIN)/harness models pull
+
+## Main job: evaluate golden/support_vi with the embedded default model; writes reports/<run-id>/.
+run: setup
+	$(BIN)/harness eval golden/support_vi
+
+## All CPU tests: fast lane (tiny models) and slow lane (real embedded model). GPU tests skip without CUDA.
+test: setup
+	$(BIN)/python -m pytest --run-slow
+
+test-fast: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/bench_eval.py
+
+clean:
+	rm -rf $(VENV)

