@@ -1,0 +1,118 @@
+"""Strict YAML -> frozen dataclass loading: unknown keys and wrong types are errors, all reported at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from harness.errors import HarnessInputError, Problem
+
+T = TypeVar("T")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise HarnessInputError(Problem(str(path), "no such file", "pass the path of a YAML config"))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise HarnessInputError(Problem(where, f"invalid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax")) from None
+    if not isinstance(raw, dict):
+        raise HarnessInputError(Problem(str(path), "must be a YAML mapping", "see the presets in trainers/configs/"))
+    return raw
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, where: str, problems: list[Problem]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors: list[Problem] = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: list[Problem] = []
+            out = _coerce(value, arg, where, trial)
+            if not trial:
+                return out
+            errors.extend(trial)
+        problems.append(Problem(where, f"{value!r} is not one of {' | '.join(_type_name(a) for a in args)}", "fix the value"))
+        return None
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if not isinstance(value, list):
+            problems.append(Problem(where, f"must be a list, got {value!r}", "write a YAML list"))
+            return ()
+        return tuple(_coerce(v, item, f"{where}[{i}]", problems) for i, v in enumerate(value))
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            problems.append(Problem(where, f"{value!r} is not allowed", f"use one of {', '.join(map(repr, allowed))}"))
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(Problem(where, f"must be a mapping, got {value!r}", "write a YAML mapping"))
+            return None
+        return build(tp, value, where, problems)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            problems.append(Problem(where, f"must be a number, got {value!r}", "write a number such as 2e-4"))
+            return None
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(Problem(where, f"must be a whole number, got {value!r}", "write an integer"))
+            return None
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(Problem(where, f"must be true or false, got {value!r}", "write true or false"))
+            return None
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(Problem(where, f"must be a string, got {value!r}", "quote the value"))
+            return None
+        return value
+    return value
+
+
+def build(cls: type[T], raw: dict[str, Any], where: str, problems: list[Problem]) -> T:
+    """Build a frozen dataclass from a mapping, recording every unknown key, missing key and bad type."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(Problem(f"{where}.{key}" if where else str(key), "unknown key", f"{hint}allowed keys: {', '.join(fields)}"))
+            continue
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key, problems)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(Problem(f"{where}.{name}" if where else name, "missing", "add this key"))
+    if any(v is None and hints[k] is not type(None) and type(None) not in typing.get_args(hints[k]) for k, v in kwargs.items()):
+        return None  # type: ignore[return-value]
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        return None  # type: ignore[return-value]

@@ -1,0 +1,114 @@
+"""Training recipe configuration: frozen dataclasses loaded strictly from a preset YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from harness.config import build, read_yaml
+from harness.errors import HarnessInputError, Problem
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how they become prompt/completion pairs."""
+
+    path: str
+    format: Literal["messages", "instruction", "text"] = "messages"
+    validation_fraction: float = 0.1
+    suite: str | None = None  # golden suite: system prompt, contract for assistant JSON, leakage check
+    system_prompt: str | None = None  # overrides the suite's system prompt
+    template: str | None = None  # instruction format: contains {instruction}; the response follows it
+    max_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class LoraConfigSpec:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("all-linear",)
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """auto: nf4 QLoRA on CUDA; on CPU the fastest measured path (fp32 weights with bf16 autocast)."""
+
+    mode: Literal["auto", "nf4", "none"] = "auto"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 512
+    optimizer: str = "adamw_torch"
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    gradient_checkpointing: bool = False
+    group_by_length: bool = False
+    completion_only_loss: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    save_steps: int = 20
+    logging_steps: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    model: str
+    data: DataConfig
+    seed: int = 42
+    output_dir: str = "runs/candidates"
+    lora: LoraConfigSpec = field(default_factory=LoraConfigSpec)
+    quantization: QuantConfig = field(default_factory=QuantConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval_suite: str | None = None
+    source: str = ""  # the YAML file it came from
+
+    def with_overrides(self, model: str | None = None, output_dir: str | None = None, max_steps: int | None = None) -> TrainConfig:
+        cfg = self
+        if model:
+            cfg = replace(cfg, model=model)
+        if output_dir:
+            cfg = replace(cfg, output_dir=output_dir)
+        if max_steps is not None:
+            cfg = replace(cfg, training=replace(cfg.training, max_steps=max_steps))
+        return cfg
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Load a preset; every unknown key, missing key and bad value is reported together."""
+    p = Path(path)
+    raw = read_yaml(p)
+    raw.pop("source", None)
+    problems: list[Problem] = []
+    cfg = build(TrainConfig, raw, "", problems)
+    problems = [Problem(f"{p}: key '{pr.where}'", pr.what, pr.fix) for pr in problems]
+    if cfg is not None:
+        t = cfg.training
+        checks = [
+            (cfg.lora.r >= 1, "lora.r", "must be at least 1"),
+            (cfg.lora.alpha >= 1, "lora.alpha", "must be at least 1"),
+            (0.0 <= cfg.lora.dropout < 1.0, "lora.dropout", "must be in [0, 1)"),
+            (bool(cfg.lora.target_modules), "lora.target_modules", "must name at least one module or 'all-linear'"),
+            (0.0 <= cfg.data.validation_fraction < 0.9, "data.validation_fraction", "must be in [0, 0.9)"),
+            (t.learning_rate > 0, "training.learning_rate", "must be positive"),
+            (t.batch_size >= 1 and t.grad_accum >= 1, "training.batch_size", "batch_size and grad_accum must be at least 1"),
+            (t.max_length >= 16, "training.max_length", "must be at least 16"),
+            (t.epochs > 0 or t.max_steps > 0, "training.epochs", "set epochs > 0 or max_steps > 0"),
+            (cfg.data.format != "instruction" or (cfg.data.template or "").count("{instruction}") == 1, "data.template", "the instruction format needs a template containing {instruction} once"),
+        ]
+        problems += [Problem(f"{p}: key '{key}'", what, "fix the value") for ok, key, what in checks if not ok]
+    if problems or cfg is None:
+        raise HarnessInputError(problems or [Problem(str(p), "could not be loaded", "see the presets in trainers/configs/")])
+    return replace(cfg, source=str(p))
