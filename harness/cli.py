@@ -48,7 +48,85 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--allow-hub", action="store_true", help="let --model be a Hugging Face hub id (needs network)")
     ev.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the weights (off by default)")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    tr = sub.add_parser("train", help="train a LoRA/QLoRA candidate from a preset YAML (runs the doctor first)")
+    tr.add_argument("config", help="preset, e.g. trainers/configs/demo.yaml")
+    tr.add_argument("--model", default=None, help="override the preset's model (local folder or embedded name)")
+    tr.add_argument("--output-dir", default=None, help="override where candidates go")
+    tr.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimizer steps")
+
+    pl = sub.add_parser("pipeline", help="train a candidate (or reuse it), then evaluate base, adapter and merged")
+    pl.add_argument("config", help="preset, e.g. trainers/configs/demo.yaml")
+    pl.add_argument("--adapter", type=Path, default=None, help="evaluate this adapter folder instead of training")
+    pl.add_argument("--model", default=None, help="override the preset's base model")
+    pl.add_argument("--suite", default=None, help="override the preset's eval_suite")
+    pl.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    pl.add_argument("--run-id", default=None)
+    pl.add_argument("--batch-size", type=_positive_int, default=64)
+    pl.add_argument("--max-steps", type=_positive_int, default=None)
+    pl.add_argument("--device", default="auto")
+    pl.add_argument("--no-progress", action="store_true")
+
+    doc = sub.add_parser("doctor", help="check a training preset for known pitfalls without training")
+    doc.add_argument("config")
+    doc.add_argument("--model", default=None, help="override the preset's model")
     return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from harness.train_config import load_train_config
+    from trainers.sft_recipe import train
+
+    cfg = load_train_config(args.config).with_overrides(args.model, args.output_dir, args.max_steps)
+    out = train(cfg)
+    print(out)
+    return EXIT_OK
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.models import resolve
+    from harness.pipeline import run_pipeline
+    from harness.runner import EvalOptions
+    from harness.suite import load_suite
+    from harness.train_config import load_train_config
+
+    cfg = load_train_config(args.config).with_overrides(args.model, None, args.max_steps)
+    suite_path = args.suite or cfg.eval_suite or cfg.data.suite
+    if not suite_path:
+        raise HarnessInputError(Problem(f"{args.config}: key 'eval_suite'", "missing", "name the golden suite to evaluate on, or pass --suite"))
+    suite = load_suite(suite_path)
+    training = None
+    if args.adapter is not None:
+        adapter = args.adapter
+        meta = adapter.parent / "training_metadata.json"
+        training = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else None
+    else:
+        from trainers.sft_recipe import train
+
+        candidate = train(cfg)
+        adapter = candidate / "adapter"
+        training = json.loads((candidate / "training_metadata.json").read_text(encoding="utf-8"))
+    options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress)
+    run_dir, report = run_pipeline(suite, resolve(cfg.model), adapter, args.reports_dir, options, device=args.device, run_id=args.run_id, training=training)
+    print((run_dir / "summary.md").read_text(encoding="utf-8"))
+    print(f"report: {run_dir / 'report.json'}")
+    errors = [f for f in report["findings"] if f["level"] == "error"]
+    for f in errors:
+        print(f"harness: finding: {f['code']}: {f['message']}", file=sys.stderr)
+    return EXIT_GATE_FAILED if errors else EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from harness.train_config import load_train_config
+    from trainers.sft_recipe import prepare, raise_on_errors, report_findings
+
+    cfg = load_train_config(args.config).with_overrides(args.model)
+    _, _, _, _, findings, dist = prepare(cfg)
+    report_findings(findings, dist)
+    raise_on_errors(cfg, findings)
+    print(f"doctor: {args.config}: no errors ({sum(f.level == 'warning' for f in findings)} warnings)")
+    return EXIT_OK
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -92,7 +170,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"models": _cmd_models, "check": _cmd_check, "eval": _cmd_eval}
+    handlers = {"models": _cmd_models, "check": _cmd_check, "eval": _cmd_eval, "train": _cmd_train, "doctor": _cmd_doctor, "pipeline": _cmd_pipeline}
     try:
         return handlers[args.command](args)
     except HarnessInputError as exc:

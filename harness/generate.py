@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ class Generation:
     token_ids: tuple[int, ...]
     stop_reason: str  # "eos" | "json_end" | "max_new_tokens"
     prompt_tokens: int
+    logits: torch.Tensor | None = None  # [steps, vocab] for the first `keep_logits` steps, when asked
 
 
 class JsonObjectTracker:
@@ -112,6 +113,7 @@ def generate(
     precision: str = "float32",
     progress: bool = True,
     share_prefix: bool = True,
+    keep_logits: int = 0,
 ) -> list[Generation]:
     """Greedy outputs for every chat, in input order."""
     if precision not in PRECISIONS:
@@ -154,10 +156,16 @@ def generate(
                 eos_token_id=eos_ids,
                 stopping_criteria=criteria,
                 use_cache=True,
+                return_dict_in_generate=True,
+                output_logits=keep_logits > 0,
             )
-        new = out[:, ids.shape[1] :].tolist()
+        new = out.sequences[:, ids.shape[1] :].tolist()
+        step_logits = torch.stack(out.logits[:keep_logits], dim=1).float().cpu() if keep_logits > 0 else None
         for row, idx in enumerate(batch):
-            results[idx] = _finish(new[row], eos_ids, trackers[row] if settings.stop_at_json_end else None, tokenizer, piece_cache, len(prompts[idx]), settings)
+            gen = _finish(new[row], eos_ids, trackers[row] if settings.stop_at_json_end else None, tokenizer, piece_cache, len(prompts[idx]), settings)
+            if step_logits is not None:
+                gen = replace(gen, logits=step_logits[row, : max(1, min(keep_logits, len(gen.token_ids)))].clone())
+            results[idx] = gen
         bar.update(len(batch))
     bar.close()
     return [r for r in results if r is not None]

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from harness import REPORT_SCHEMA_VERSION
 from harness.env import hardware, package_versions, tokenizer_sha256, weights_sha256
 from harness.extract import extract_json
-from harness.generate import generate
+from harness.generate import Generation, generate
 from harness.loading import Runtime, describe_model, load_model, load_tokenizer
 from harness.models import ModelRef
 from harness.report import write_report
@@ -35,14 +35,15 @@ def evaluate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     options: EvalOptions,
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, float]]:
-    """Per-case records, aggregated metrics and timings for one model on one suite."""
+    keep_logits: int = 0,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, float], list[Generation]]:
+    """Per-case records, aggregated metrics, timings and raw generations for one model on one suite."""
     cases = suite.cases[: options.limit] if options.limit else suite.cases
     if not cases:
         raise ValueError("zero cases to evaluate")
     chats = [suite.chat(c) for c in cases]
     t0 = time.perf_counter()
-    outputs = generate(model, tokenizer, chats, suite.generation, batch_size=options.batch_size, precision=options.precision, progress=options.progress)
+    outputs = generate(model, tokenizer, chats, suite.generation, batch_size=options.batch_size, precision=options.precision, progress=options.progress, keep_logits=keep_logits)
     t1 = time.perf_counter()
     records: list[dict[str, Any]] = []
     for case, chat, gen in zip(cases, chats, outputs):
@@ -74,7 +75,29 @@ def evaluate(
         "generated_tokens": new_tokens,
         "generated_tokens_per_s": round(new_tokens / (t1 - t0), 2),
     }
-    return records, metrics, timings
+    return records, metrics, timings, outputs
+
+
+def report_header(kind: str, run_id: str, suite: Suite, n_cases: int, options: EvalOptions, runtime: Runtime) -> dict[str, Any]:
+    """The part every report shares: what ran, on what, with which settings."""
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": kind,
+        "run_id": run_id,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "suite": {"name": suite.name, "version": suite.version, "content_hash": suite.content_hash, "path": str(suite.path), "n_cases": n_cases},
+        "generation": {
+            "decoding": "greedy",
+            "max_new_tokens": suite.generation.max_new_tokens,
+            "stop_at_json_end": suite.generation.stop_at_json_end,
+            "batch_size": options.batch_size,
+            "precision": options.precision,
+            "device": runtime.device,
+        },
+        "environment": {"packages": package_versions(), "hardware": hardware()},
+        "scorers": scorer_versions(),
+        "metric_definitions": {k: vars(v) for k, v in METRICS.items()},
+    }
 
 
 def run_id_for(suite: Suite, model_spec: str) -> str:
@@ -98,14 +121,10 @@ def run_eval(
     tokenizer = load_tokenizer(ref, trust_remote_code)
     model = load_model(ref, runtime, trust_remote_code)
     loaded = time.perf_counter()
-    records, metrics, timings = evaluate(suite, model, tokenizer, options)
+    records, metrics, timings, _ = evaluate(suite, model, tokenizer, options)
     timings = {"load_s": round(loaded - started, 3), **timings, "total_s": round(time.perf_counter() - started, 3)}
     report: dict[str, Any] = {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "kind": "eval",
-        "run_id": run_id or run_id_for(suite, ref.spec),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "suite": {"name": suite.name, "version": suite.version, "content_hash": suite.content_hash, "path": str(suite.path), "n_cases": len(records)},
+        **report_header("eval", run_id or run_id_for(suite, ref.spec), suite, len(records), options, runtime),
         "model": {
             "spec": ref.spec,
             "path": str(ref.path),
@@ -114,17 +133,6 @@ def run_eval(
             "provenance": ref.provenance,
             **describe_model(model),
         },
-        "generation": {
-            "decoding": "greedy",
-            "max_new_tokens": suite.generation.max_new_tokens,
-            "stop_at_json_end": suite.generation.stop_at_json_end,
-            "batch_size": options.batch_size,
-            "precision": options.precision,
-            "device": runtime.device,
-        },
-        "environment": {"packages": package_versions(), "hardware": hardware()},
-        "scorers": scorer_versions(),
-        "metric_definitions": {k: vars(v) for k, v in METRICS.items()},
         "timings": timings,
         "metrics": metrics,
     }

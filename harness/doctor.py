@@ -1,0 +1,158 @@
+"""Pre-flight checks for a training recipe: the mistakes that waste GPU days, caught in seconds.
+
+Errors stop the run; warnings print. Checks that concern labels run the recipe's real collator on real
+examples instead of reasoning about settings, so they cannot drift from what training does.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.data import DataSplit, Example
+from harness.suite import Suite
+from harness.train_config import TrainConfig
+
+LR_WARN = 1e-3
+TRUNCATION_WARN = 0.02
+NEAR_DUPLICATE = 0.9
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "error" | "warning" | "info"
+    code: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.code}: {self.message}" + (f" (fix: {self.fix})" if self.fix else "")
+
+
+def tokenize_example(tokenizer: Any, ex: Example) -> tuple[list[int], int]:
+    """Token ids of prompt+completion and where the completion starts, as the recipe tokenizes them."""
+    if ex.text is not None:
+        ids = tokenizer(ex.text + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+        return list(ids), 0
+    if isinstance(ex.prompt, str):
+        p = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+        full = tokenizer(ex.prompt + ex.completion + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+        return list(full), len(p)
+    p = tokenizer.apply_chat_template(ex.prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+    full = tokenizer.apply_chat_template(ex.prompt + ex.completion, tokenize=True, return_dict=False)
+    n = 0
+    while n < min(len(p), len(full)) and p[n] == full[n]:
+        n += 1
+    return list(full), n
+
+
+def length_distribution(lengths: Sequence[int]) -> dict[str, float]:
+    arr = np.asarray(lengths)
+    return {"n": int(arr.size), "min": int(arr.min()), "p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)),
+            "p99": float(np.percentile(arr, 99)), "max": int(arr.max()), "mean": float(arr.mean())}
+
+
+def check_labels(tokenizer: Any, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], examples: Sequence[Example]) -> list[Finding]:
+    """Collate a short and a long example together and inspect the labels the model will see."""
+    if len(examples) < 2:
+        return []
+    tokenized = sorted((tokenize_example(tokenizer, e) for e in examples[:16]), key=lambda t: len(t[0]))
+    short, long_ = tokenized[0], tokenized[-1]
+    if len(short[0]) == len(long_[0]):
+        return []
+    feats = []
+    for ids, start in (short, long_):
+        feats.append({"input_ids": ids, "labels": [-100] * start + ids[start:]})
+    batch = collator(feats)
+    labels, mask = batch["labels"], batch.get("attention_mask")
+    findings: list[Finding] = []
+    row = 0  # the short example is padded
+    n_real = len(short[0])
+    if mask is not None:
+        padded = (mask[row] == 0).nonzero().flatten().tolist()
+    else:
+        padded = list(range(n_real, labels.shape[1]))
+    if padded and any(int(labels[row, i]) != -100 for i in padded):
+        findings.append(Finding("error", "labels_on_padding", "the loss is computed over padding tokens", "mask padded positions with -100 (use the recipe's collator)"))
+    eos = tokenizer.eos_token_id
+    real_positions = [i for i in range(labels.shape[1]) if i not in set(padded)]
+    last = real_positions[-1] if real_positions else None
+    ends_with_eos = last is not None and int(batch["input_ids"][row, last]) == eos
+    if ends_with_eos and int(labels[row, last]) == -100:
+        same = tokenizer.pad_token_id == eos
+        findings.append(Finding("error", "eos_masked", "the end-of-sequence token is masked out of the labels" + (" because the pad token equals EOS" if same else "") + ": the model never learns to stop",
+                                "mask padding by attention mask, not by token id, or set a pad token different from EOS"))
+    return findings
+
+
+def diagnose(
+    cfg: TrainConfig,
+    tokenizer: Any,
+    data: DataSplit,
+    module_names: Sequence[str],
+    collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    suite: Suite | None,
+    bf16_capable: bool,
+) -> tuple[list[Finding], dict[str, Any]]:
+    """Every check; returns findings and the token-length distribution."""
+    findings: list[Finding] = []
+    t = cfg.training
+    if t.learning_rate >= LR_WARN:
+        findings.append(Finding("warning", "lr_high", f"learning rate {t.learning_rate:g} is high for LoRA (>= {LR_WARN:g}); loss spikes and format collapse are likely",
+                                "use 1e-4 to 5e-4, or shorten the run and watch the loss"))
+    if t.precision == "fp16" and bf16_capable:
+        findings.append(Finding("warning", "fp16_on_bf16_device", "fp16 is asked for on a device that supports bf16 (fp16 overflows and needs loss scaling)", "set training.precision: bf16 or auto"))
+
+    linear = {n for n in module_names}
+    targets = [m for m in cfg.lora.target_modules if m != "all-linear"]
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in linear):
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in linear})
+            close = difflib.get_close_matches(target, leaves, n=1)
+            findings.append(Finding("error", "target_module_unmatched", f"LoRA target module {target!r} matches no linear layer of {cfg.model}",
+                                    f"did you mean {close[0]!r}? linear layers: {', '.join(leaves)}" if close else f"linear layers: {', '.join(leaves)}"))
+
+    lengths = [len(tokenize_example(tokenizer, e)[0]) for e in data.train + data.validation]
+    dist = length_distribution(lengths) if lengths else {}
+    over = sum(1 for n in lengths if n > t.max_length)
+    if lengths and over / len(lengths) > TRUNCATION_WARN:
+        findings.append(Finding("warning", "truncation", f"{over} of {len(lengths)} examples ({100 * over / len(lengths):.1f}%) exceed max_length {t.max_length} and will be cut (p99 {dist['p99']:.0f}, max {dist['max']})",
+                                f"raise training.max_length to at least {int(dist['p99']) + 1}"))
+
+    train_keys = {e.key() for e in data.train}
+    overlap = [e.line for e in data.validation if e.key() in train_keys]
+    if overlap:
+        findings.append(Finding("error", "validation_overlap", f"{len(overlap)} validation examples also appear in training (lines {overlap[:5]})", "deduplicate the data"))
+
+    findings += check_labels(tokenizer, collator, data.train)
+    if suite is not None:
+        findings += golden_leakage(suite, data.train + data.validation)
+    if not data.train:
+        findings.append(Finding("error", "no_training_examples", "the training split is empty", "add data or lower data.validation_fraction"))
+    return findings, dist
+
+
+def golden_leakage(suite: Suite, examples: Sequence[Example]) -> list[Finding]:
+    """Golden prompts found verbatim or nearly verbatim in training data make every score a lie."""
+    golden = [(c.id, " ".join(m["content"] for m in c.messages if m["role"] == "user").strip().lower()) for c in suite.cases]
+    exact, near = [], []
+    for ex in examples:
+        text = ex.user_text().strip().lower()
+        for case_id, g in golden:
+            if text == g or (g and g in text):
+                exact.append((ex.line, case_id))
+                break
+            sm = difflib.SequenceMatcher(None, text, g)
+            if sm.real_quick_ratio() >= NEAR_DUPLICATE and sm.quick_ratio() >= NEAR_DUPLICATE and sm.ratio() >= NEAR_DUPLICATE:
+                near.append((ex.line, case_id))
+                break
+    out = []
+    if exact:
+        out.append(Finding("error", "golden_in_training", f"{len(exact)} training examples contain golden case prompts of {suite.name} (line, case): {exact[:5]}", "remove them from the training data"))
+    if near:
+        out.append(Finding("error", "golden_near_duplicate", f"{len(near)} training examples nearly duplicate golden cases of {suite.name} (line, case): {near[:5]}", "remove or rewrite them"))
+    return out

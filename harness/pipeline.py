@@ -1,0 +1,151 @@
+"""Three variants on one resident model: base, base+adapter and the merged export, with merge parity.
+
+The base weights are loaded once. The adapter is attached with PEFT; "base" runs with the adapter
+disabled; then the adapter is merged in place (no second copy, no reload) and the merged model is
+evaluated and saved as a standalone safetensors folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.env import tokenizer_sha256, weights_sha256
+from harness.errors import HarnessInputError, Problem
+from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
+from harness.loading import Runtime, describe_model, load_model, load_tokenizer
+from harness.models import ModelRef
+from harness.parity import PARITY_STEPS, adapter_findings, case_parity, outputs_identical_everywhere, summarize_parity
+from harness.runner import EvalOptions, evaluate, report_header, run_id_for
+from harness.suite import Suite
+
+VARIANTS = ("base", "adapter", "merged")
+HEADLINE = ("format_strict", "format_lenient")
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, float | None]:
+    o = metrics["overall"]
+    out: dict[str, float | None] = {k: o[k]["value"] for k in HEADLINE}
+    for label, f in o["fields"].items():
+        out[f"{label}_accuracy"] = f["accuracy"]["value"]
+        out[f"{label}_macro_f1"] = f["macro_f1"]
+    return out
+
+
+def _delta(a: dict[str, float | None], b: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: (None if a.get(k) is None or b.get(k) is None else round(float(b[k]) - float(a[k]), 4)) for k in a}  # type: ignore[arg-type]
+
+
+def run_pipeline(
+    suite: Suite,
+    base_ref: ModelRef,
+    adapter_dir: Path,
+    reports_dir: Path,
+    options: EvalOptions,
+    device: str = "auto",
+    run_id: str | None = None,
+    training: dict[str, Any] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Evaluate the three variants; returns the run folder and the report."""
+    from peft import PeftModel
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise HarnessInputError(Problem(str(adapter_dir), "is not a PEFT adapter folder (no adapter_config.json)", "pass the adapter/ folder of a trained candidate"))
+    started = time.perf_counter()
+    runtime = Runtime.pick(device)
+    tokenizer = load_tokenizer(base_ref)
+    base = load_model(base_ref, runtime)
+    base_hash = weights_sha256(base_ref.path)
+    model = PeftModel.from_pretrained(base, adapter_dir)
+    model.eval()
+    findings = adapter_findings(model)
+    loaded = time.perf_counter()
+
+    variants: dict[str, Any] = {}
+    records: dict[str, list[dict[str, Any]]] = {}
+    gens: dict[str, Any] = {}
+    with model.disable_adapter():
+        records["base"], m, t, gens["base"] = evaluate(suite, model, tokenizer, options)
+    variants["base"] = {"metrics": m, "timings": t, "weights_sha256": base_hash}
+    records["adapter"], m, t, gens["adapter"] = evaluate(suite, model, tokenizer, options, keep_logits=PARITY_STEPS)
+    adapter_sha = sha256_file(adapter_dir / "adapter_model.safetensors")
+    variants["adapter"] = {"metrics": m, "timings": t, "weights_sha256": base_hash, "adapter_sha256": adapter_sha}
+
+    merge_started = time.perf_counter()
+    merged = model.merge_and_unload()
+    merge_s = time.perf_counter() - merge_started
+    records["merged"], m, t, gens["merged"] = evaluate(suite, merged, tokenizer, options, keep_logits=PARITY_STEPS)
+
+    rid = run_id or run_id_for(suite, f"{base_ref.spec}+{adapter_dir.parent.name}")
+    run_dir = reports_dir / rid
+    merged_dir = run_dir / "merged"
+    merged.save_pretrained(merged_dir, safe_serialization=True)
+    tokenizer.save_pretrained(merged_dir)
+    variants["merged"] = {"metrics": m, "timings": {**t, "merge_s": round(merge_s, 3)}, "weights_sha256": weights_sha256(merged_dir), "path": str(merged_dir), **describe_model(merged)}
+
+    trained_nf4 = bool(training and training.get("precision", {}).get("weights") == "nf4")
+    merge_note = ("merged into the original (unquantized) base weights in " + describe_model(merged)["dtype"]
+                  + ("; the adapter was trained against nf4-dequantized weights, so small differences are expected" if trained_nf4 else ""))
+    per_case = [case_parity(a, b) for a, b in zip(gens["adapter"], gens["merged"])]
+    ids = [r["id"] for r in records["adapter"]]
+    parity = summarize_parity(ids, per_case, merge_note)
+    if not parity["passed"]:
+        findings.append({"level": "error", "code": "merge_parity", "message": f"merged model differs from base+adapter: {parity['explanation']}"})
+    if outputs_identical_everywhere(gens["base"], gens["adapter"]):
+        findings.append({"level": "error", "code": "adapter_no_effect", "message": f"the adapter's outputs equal the base model's on all {len(ids)} cases: it was not applied or learned nothing"})
+
+    headline = {v: _headline(variants[v]["metrics"]) for v in VARIANTS}
+    report: dict[str, Any] = {
+        **report_header("pipeline", rid, suite, len(ids), options, runtime),
+        "model": {"spec": base_ref.spec, "path": str(base_ref.path), "weights_sha256": base_hash, "tokenizer_sha256": tokenizer_sha256(tokenizer), "provenance": base_ref.provenance},
+        "adapter": {"path": str(adapter_dir), "sha256": adapter_sha, "config": json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))},
+        "training": training,
+        "variants": variants,
+        "headline": headline,
+        "comparisons": {"base->adapter": _delta(headline["base"], headline["adapter"]), "adapter->merged": _delta(headline["adapter"], headline["merged"])},
+        "parity": parity,
+        "findings": findings,
+        "timings": {"load_s": round(loaded - started, 3), "total_s": round(time.perf_counter() - started, 3)},
+    }
+    rows = []
+    for i, case_id in enumerate(ids):
+        row: dict[str, Any] = {k: records["base"][i][k] for k in ("id", "tags", "expected", "reference", "messages", "case_hash")}
+        row["variants"] = {v: {k: records[v][i][k] for k in ("output", "stop_reason", "new_tokens", "extraction", "scores")} for v in VARIANTS}
+        row["parity"] = per_case[i]
+        rows.append(row)
+    atomic_write_jsonl(run_dir / "cases.jsonl", rows)
+    atomic_write_text(run_dir / "summary.md", pipeline_summary(report))
+    atomic_write_json(run_dir / "report.json", report)
+    return run_dir, report
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def pipeline_summary(report: dict[str, Any]) -> str:
+    h = report["headline"]
+    lines = [
+        f"# {report['suite']['name']} v{report['suite']['version']}: base vs adapter vs merged",
+        "",
+        f"run `{report['run_id']}` · {report['suite']['n_cases']} cases · base `{report['model']['spec']}` (weights `{report['model']['weights_sha256'][:12]}`) · adapter `{report['adapter']['sha256'][:12]}`",
+        "",
+        "| metric | base | adapter | merged |",
+        "|---|---|---|---|",
+    ]
+    for k in h["base"]:
+        lines.append(f"| {k} | {_fmt(h['base'][k])} | {_fmt(h['adapter'][k])} | {_fmt(h['merged'][k])} |")
+    p = report["parity"]
+    lines += ["", f"Merge parity: **{p['verdict']}** ({p['explanation']}). {p['merge']}.", ""]
+    for v in VARIANTS:
+        f = report["variants"][v]["metrics"]["overall"]["failures"]
+        lines.append(f"- {v} format failures: " + ", ".join(f"{k} {n}" for k, n in f.items()))
+    if report["findings"]:
+        lines += ["", "## Findings", ""] + [f"- **{f['level']}** {f['code']}: {f['message']}" for f in report["findings"]]
+    tr = report.get("training") or {}
+    if tr:
+        lines += ["", f"Training: {tr.get('steps')} steps, {tr.get('tokens_per_s')} tokens/s, precision {tr.get('precision')}, train loss {tr.get('train_loss')}"]
+    lines += ["", "Generation seconds: " + ", ".join(f"{v} {report['variants'][v]['timings']['generate_s']}" for v in VARIANTS), ""]
+    return "\n".join(lines)

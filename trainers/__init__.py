@@ -1,0 +1,1 @@
+"""Training recipes: flat scripts that compose TRL, PEFT and bitsandbytes, driven by YAML presets."""

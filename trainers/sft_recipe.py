@@ -1,0 +1,303 @@
+"""LoRA/QLoRA supervised fine-tuning recipe: YAML preset in, adapter + metadata + model card out.
+
+Composes TRL's SFTTrainer (no subclass). Run with `harness train CONFIG` or
+`python -m trainers.sft_recipe CONFIG`; every preset in trainers/configs/ starts with its launch command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.data import DataSplit, load_examples, split
+from harness.doctor import Finding, diagnose
+from harness.env import hardware, package_versions, weights_sha256
+from harness.errors import HarnessInputError, Problem
+from harness.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from harness.models import ModelRef, resolve
+from harness.suite import Suite, load_suite
+from harness.train_config import TrainConfig, load_train_config
+
+
+def make_collator(tokenizer: Any) -> Any:
+    """TRL's collator: pads labels with -100 by position, so an EOS that is also the pad token is learned."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
+
+
+def resolve_precision(cfg: TrainConfig, cuda: bool) -> dict[str, Any]:
+    """What actually runs. CPU: fp32 weights + bf16 autocast measured fastest (~270 vs 116 tok/s fp32)."""
+    q = cfg.quantization
+    if cuda:
+        nf4 = q.mode in ("auto", "nf4")
+        return {"device": "cuda", "weights": "nf4" if nf4 else "bf16", "compute": q.compute_dtype if nf4 else "bfloat16",
+                "autocast": cfg.training.precision if cfg.training.precision != "auto" else "bf16", "double_quant": nf4 and q.double_quant}
+    if q.mode == "nf4":
+        return {"device": "cpu", "weights": "nf4", "compute": q.compute_dtype, "autocast": "bf16" if cfg.training.precision in ("auto", "bf16") else "fp32", "double_quant": q.double_quant}
+    autocast = {"auto": "bf16", "bf16": "bf16", "fp32": "fp32", "fp16": "fp16"}[cfg.training.precision]
+    return {"device": "cpu", "weights": "fp32", "compute": "float32", "autocast": autocast, "double_quant": False}
+
+
+def _bf16_capable(cuda: bool) -> bool:
+    if cuda:
+        return torch.cuda.is_bf16_supported()
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text() or "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def linear_module_names(ref: ModelRef) -> list[str]:
+    """Names of the model's linear layers, from a weightless (meta) copy built from its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(ref.path)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return [n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def prepare(cfg: TrainConfig, root: Path = Path(".")) -> tuple[ModelRef, Any, DataSplit, Suite | None, list[Finding], dict[str, Any]]:
+    """Everything before the first step: model, tokenizer, data, doctor. Raises on doctor errors."""
+    from harness.loading import load_tokenizer
+
+    ref = resolve(cfg.model)
+    tokenizer = load_tokenizer(ref)
+    tokenizer.padding_side = "right"
+    suite_path = cfg.data.suite or cfg.eval_suite
+    suite = load_suite(root / suite_path) if suite_path else None
+    examples, data_sha = load_examples(cfg.data, suite if cfg.data.suite else None, root)
+    data = split(examples, cfg.data.validation_fraction, cfg.seed, data_sha)
+    cuda = torch.cuda.is_available()
+    findings, dist = diagnose(cfg, tokenizer, data, linear_module_names(ref), make_collator(tokenizer), suite, _bf16_capable(cuda))
+    return ref, tokenizer, data, suite, findings, dist
+
+
+def report_findings(findings: list[Finding], dist: dict[str, Any]) -> None:
+    if dist:
+        print(f"doctor: token lengths n={dist['n']} min={dist['min']} p50={dist['p50']:.0f} p90={dist['p90']:.0f} p99={dist['p99']:.0f} max={dist['max']}", file=sys.stderr)
+    for f in findings:
+        print(f"doctor: {f}", file=sys.stderr)
+    if not findings:
+        print("doctor: no problems found", file=sys.stderr)
+
+
+def raise_on_errors(cfg: TrainConfig, findings: list[Finding]) -> None:
+    errors = [f for f in findings if f.level == "error"]
+    if errors:
+        raise HarnessInputError([Problem(f"{cfg.source or cfg.name}: doctor {f.code}", f.message, f.fix) for f in errors])
+
+
+def _load_model(ref: ModelRef, precision: dict[str, Any]) -> Any:
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if precision["weights"] == "nf4":
+        compute = getattr(torch, precision["compute"])
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=precision["double_quant"], bnb_4bit_compute_dtype=compute)
+        kwargs["dtype"] = compute
+        if precision["device"] == "cuda":
+            kwargs["device_map"] = {"": 0}
+    else:
+        kwargs["dtype"] = torch.float32 if precision["weights"] == "fp32" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    if precision["device"] == "cuda" and precision["weights"] != "nf4":
+        model = model.to("cuda")
+    model.train()  # from_pretrained returns eval mode: dropout would silently be off
+    return model
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    return str(ckpts[-1]) if ckpts else None
+
+
+def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path:
+    """Run the recipe; returns the candidate folder (adapter/, training_metadata.json, README.md)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    started = time.perf_counter()
+    set_seed(cfg.seed)
+    ref, tokenizer, data, suite, findings, dist = prepare(cfg, root)
+    if not quiet:
+        report_findings(findings, dist)
+    raise_on_errors(cfg, findings)
+
+    cuda = torch.cuda.is_available()
+    precision = resolve_precision(cfg, cuda)
+    config_hash = sha256_json({k: v for k, v in asdict(cfg).items() if k != "source"})[:12]
+    out = (root / cfg.output_dir / f"{cfg.name}-{config_hash}").resolve()
+    ckpt_dir = out / "checkpoints"
+    if (out / "training_metadata.json").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file():
+        if not quiet:
+            print(f"candidate {out} already trained with this exact config; reusing it (delete the folder to retrain)", file=sys.stderr)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = _load_model(ref, precision)
+    t = cfg.training
+    lora = LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias=cfg.lora.bias, task_type="CAUSAL_LM",
+        target_modules="all-linear" if list(cfg.lora.target_modules) == ["all-linear"] else list(cfg.lora.target_modules),
+    )
+    steps_per_epoch = max(1, -(-len(data.train) // (t.batch_size * t.grad_accum)))
+    total_steps = t.max_steps if t.max_steps > 0 else int(steps_per_epoch * t.epochs + 0.999)
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        use_cpu=not cuda,
+        bf16=precision["autocast"] == "bf16",
+        fp16=precision["autocast"] == "fp16",
+        gradient_checkpointing=t.gradient_checkpointing,
+        max_length=t.max_length,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=int(round(t.warmup_ratio * total_steps)),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        optim=t.optimizer,
+        max_grad_norm=t.max_grad_norm,
+        weight_decay=t.weight_decay,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        completion_only_loss=t.completion_only_loss,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        logging_steps=t.logging_steps,
+        eval_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        disable_tqdm=quiet,
+    )
+    train_ds = Dataset.from_list([e.to_record() for e in data.train])
+    eval_ds = Dataset.from_list([e.to_record() for e in data.validation]) if data.validation else None
+
+    class _Clock(TrainerCallback):
+        """Wall time of the training steps alone, for an honest tokens/s."""
+
+        def __init__(self) -> None:
+            self.start = 0.0
+            self.seconds = 0.0
+
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_end(self, *a: Any, **k: Any) -> None:
+            self.seconds = time.perf_counter() - self.start
+
+    clock = _Clock()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                         peft_config=lora, data_collator=make_collator(tokenizer), callbacks=[clock])
+    trainer.model.train()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    resume = _last_checkpoint(ckpt_dir)
+    if resume and not quiet:
+        print(f"resuming from {resume}", file=sys.stderr)
+    result = trainer.train(resume_from_checkpoint=resume)
+    val_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None and len(eval_ds) else None
+
+    adapter_dir = out / "adapter"
+    trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(adapter_dir)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    resumed_from = int(resume.rsplit("-", 1)[-1]) if resume else 0
+    metadata = {
+        "schema_version": 1,
+        "name": cfg.name,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": {"spec": cfg.model, "path": str(ref.path), "weights_sha256": weights_sha256(ref.path), "provenance": ref.provenance},
+        "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors"),
+        "data": {"path": cfg.data.path, "sha256": data.sha256, "format": cfg.data.format, "examples": data.total, "train": len(data.train), "validation": len(data.validation)},
+        "token_lengths": dist,
+        "config": {k: v for k, v in asdict(cfg).items()},
+        "config_hash": config_hash,
+        "seed": cfg.seed,
+        "precision": precision,
+        "packages": package_versions(),
+        "hardware": hardware(),
+        "steps": trainer.state.global_step,
+        "resumed_from_step": resumed_from,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "train_time_s": round(clock.seconds, 2),
+        "tokens_seen": tokens,
+        "tokens_per_s": round(tokens / clock.seconds, 2) if clock.seconds and not resumed_from else None,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else _peak_rss(),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_share": trainable / total if total else None,
+        "train_loss": result.training_loss,
+        "validation_loss": val_loss,
+        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        "doctor": [str(f) for f in findings],
+    }
+    atomic_write_json(out / "training_metadata.json", metadata)
+    atomic_write_text(out / "README.md", model_card(metadata))
+    return out
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    c = meta["config"]
+    lora = c["lora"]
+    return "\n".join([
+        f"# {meta['name']}: LoRA adapter for {meta['base_model']['spec']}",
+        "",
+        f"- base weights sha256: `{meta['base_model']['weights_sha256']}`",
+        f"- adapter sha256: `{meta['adapter_sha256']}`",
+        f"- LoRA r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} targets={', '.join(lora['target_modules'])}",
+        f"- data: `{meta['data']['path']}` (sha256 `{meta['data']['sha256'][:12]}`), {meta['data']['train']} train / {meta['data']['validation']} validation examples",
+        f"- precision that ran: {meta['precision']}",
+        f"- steps {meta['steps']}, train loss {meta['train_loss']:.4f}, validation loss {meta['validation_loss'] if meta['validation_loss'] is None else round(meta['validation_loss'], 4)}",
+        f"- {meta['tokens_per_s']} tokens/s, wall {meta['wall_time_s']} s, trainable share {100 * (meta['trainable_share'] or 0):.2f}%",
+        "",
+        "Intended use: a candidate to be judged by the regression harness before anything ships. Evaluate with",
+        "`harness pipeline` and read the report before promotion.",
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="LoRA/QLoRA SFT recipe")
+    ap.add_argument("config")
+    ap.add_argument("--model")
+    ap.add_argument("--output-dir")
+    ap.add_argument("--max-steps", type=int)
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_train_config(a.config).with_overrides(a.model, a.output_dir, a.max_steps)
+        print(train(cfg))
+    except HarnessInputError as exc:
+        print(f"harness: error: {exc.render()}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
