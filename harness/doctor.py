@@ -79,10 +79,10 @@ def check_labels(tokenizer: Any, collator: Callable[[list[dict[str, Any]]], dict
     if padded and any(int(labels[row, i]) != -100 for i in padded):
         findings.append(Finding("error", "labels_on_padding", "the loss is computed over padding tokens", "mask padded positions with -100 (use the recipe's collator)"))
     eos = tokenizer.eos_token_id
-    real_positions = [i for i in range(labels.shape[1]) if i not in set(padded)]
-    last = real_positions[-1] if real_positions else None
-    ends_with_eos = last is not None and int(batch["input_ids"][row, last]) == eos
-    if ends_with_eos and int(labels[row, last]) == -100:
+    pad_set = set(padded)
+    eos_positions = [i for i in range(labels.shape[1]) if i not in pad_set and int(batch["input_ids"][row, i]) == eos]
+    last = eos_positions[-1] if eos_positions else None  # the EOS that closes the answer (templates may add a newline after it)
+    if last is not None and int(labels[row, last]) == -100:
         same = tokenizer.pad_token_id == eos
         findings.append(Finding("error", "eos_masked", "the end-of-sequence token is masked out of the labels" + (" because the pad token equals EOS" if same else "") + ": the model never learns to stop",
                                 "mask padding by attention mask, not by token id, or set a pad token different from EOS"))

@@ -41,8 +41,11 @@ def resolve_precision(cfg: TrainConfig, cuda: bool) -> dict[str, Any]:
         return {"device": "cuda", "weights": "nf4" if nf4 else "bf16", "compute": q.compute_dtype if nf4 else "bfloat16",
                 "autocast": cfg.training.precision if cfg.training.precision != "auto" else "bf16", "double_quant": nf4 and q.double_quant}
     if q.mode == "nf4":
-        return {"device": "cpu", "weights": "nf4", "compute": q.compute_dtype, "autocast": "bf16" if cfg.training.precision in ("auto", "bf16") else "fp32", "double_quant": q.double_quant}
-    autocast = {"auto": "bf16", "bf16": "bf16", "fp32": "fp32", "fp16": "fp16"}[cfg.training.precision]
+        # CPU autocast runs bf16, not fp16: an fp16 compute dtype would mix the two
+        compute = "bfloat16" if q.compute_dtype == "float16" else q.compute_dtype
+        return {"device": "cpu", "weights": "nf4", "compute": compute, "autocast": "fp32" if cfg.training.precision == "fp32" else "bf16", "double_quant": q.double_quant}
+    # fp16 autocast needs a GPU; on the CPU bf16 autocast is the closest that runs (recorded as such)
+    autocast = {"auto": "bf16", "bf16": "bf16", "fp32": "fp32", "fp16": "bf16"}[cfg.training.precision]
     return {"device": "cpu", "weights": "fp32", "compute": "float32", "autocast": autocast, "double_quant": False}
 
 
@@ -153,6 +156,9 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
     )
     steps_per_epoch = max(1, -(-len(data.train) // (t.batch_size * t.grad_accum)))
     total_steps = t.max_steps if t.max_steps > 0 else int(steps_per_epoch * t.epochs + 0.999)
+    # paged optimizers page optimizer state through CUDA unified memory; the CPU runs the plain equivalent
+    optimizer = t.optimizer if cuda or not t.optimizer.startswith("paged_") else "adamw_torch"
+    precision["optimizer"] = optimizer
     args = SFTConfig(
         output_dir=str(ckpt_dir),
         use_cpu=not cuda,
@@ -168,7 +174,7 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         warmup_steps=int(round(t.warmup_ratio * total_steps)),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
-        optim=t.optimizer,
+        optim=optimizer,
         max_grad_norm=t.max_grad_norm,
         weight_decay=t.weight_decay,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",

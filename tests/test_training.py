@@ -1,0 +1,114 @@
+"""Recipes on the tiny model: presets load and run, LoRA trains only the adapter, resume and determinism."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.cli import main
+from harness.errors import HarnessInputError
+from harness.train_config import load_train_config
+from tests.conftest import REPO
+
+PRESETS = sorted((REPO / "trainers" / "configs").glob("*.yaml"))
+
+
+def _train(tmp_path: Path, preset: Path, model: Path, steps: int, **over: object) -> Path:
+    from dataclasses import replace
+
+    from trainers.sft_recipe import train
+
+    cfg = load_train_config(preset).with_overrides(str(model), str(tmp_path / "cands"), steps)
+    if over:
+        cfg = replace(cfg, training=replace(cfg.training, **over))
+    return train(cfg, root=REPO, quiet=True)
+
+
+def test_every_preset_starts_with_its_launch_command() -> None:
+    assert {p.stem for p in PRESETS} >= {"demo", "seed000", "seed001", "seed002_a", "seed002_b", "seed002_c", "seed003"}
+    for p in PRESETS:
+        first = p.read_text(encoding="utf-8").splitlines()[0]
+        assert first.startswith(f"# Launch: harness train trainers/configs/{p.name}"), p
+        load_train_config(p)
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_runs_on_the_tiny_model(preset: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = _train(tmp_path, preset, tiny_model_dir, 2, batch_size=2, grad_accum=1, gradient_checkpointing=False, save_steps=50)
+    meta = json.loads((out / "training_metadata.json").read_text(encoding="utf-8"))
+    assert meta["steps"] == 2 and meta["loss_curve"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "README.md").read_text(encoding="utf-8").startswith(f"# {meta['name']}")
+    for key in ("base_model", "data", "config", "packages", "hardware", "tokens_per_s", "peak_memory_bytes", "trainable_share", "precision", "adapter_sha256"):
+        assert key in meta, key
+    assert 0 < meta["trainable_share"] < 0.5
+
+
+def test_preset_with_missing_model_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(REPO / "trainers/configs/seed000.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "mistralai/Mistral-7B-Instruct-v0.3" in err and "not found" in err and "Traceback" not in err
+
+
+def test_unknown_config_key_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text((REPO / "trainers/configs/demo.yaml").read_text(encoding="utf-8").replace("  r: 16", "  rank: 16").replace("learning_rate", "learning_rat"), encoding="utf-8")
+    assert main(["doctor", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "2 problems" in err and "lora.rank" in err and "allowed keys: r, alpha" in err
+    assert "training.learning_rat" in err and "did you mean 'learning_rate'" in err
+
+
+def test_base_weights_frozen_and_adapter_trained(tiny_model_dir: Path, tmp_path: Path) -> None:
+    before = load_file(tiny_model_dir / "model.safetensors")
+    out = _train(tmp_path, REPO / "trainers/configs/demo.yaml", tiny_model_dir, 3, batch_size=4)
+    after = load_file(tiny_model_dir / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(float(v.abs().max()) > 0 for v in lora_b), "LoRA B starts at zero and must move"
+
+
+def test_same_seed_same_adapter_and_resume(tiny_model_dir: Path, tmp_path: Path) -> None:
+    a = _train(tmp_path / "a", REPO / "trainers/configs/demo.yaml", tiny_model_dir, 4, batch_size=2, save_steps=2)
+    b = _train(tmp_path / "b", REPO / "trainers/configs/demo.yaml", tiny_model_dir, 4, batch_size=2, save_steps=2)
+    ha = json.loads((a / "training_metadata.json").read_text())["adapter_sha256"]
+    assert ha == json.loads((b / "training_metadata.json").read_text())["adapter_sha256"]
+    # A run killed after step 2: only checkpoint-2 is left. Re-running resumes and lands on the same adapter.
+    shutil.rmtree(b / "adapter")
+    (b / "training_metadata.json").unlink()
+    shutil.rmtree(b / "checkpoints" / "checkpoint-4")
+    b2 = _train(tmp_path / "b", REPO / "trainers/configs/demo.yaml", tiny_model_dir, 4, batch_size=2, save_steps=2)
+    meta = json.loads((b2 / "training_metadata.json").read_text())
+    assert meta["resumed_from_step"] == 2
+    assert meta["adapter_sha256"] == ha
+
+
+def test_bad_training_data_is_reported_by_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from dataclasses import replace
+
+    from trainers.sft_recipe import prepare
+
+    data = tmp_path / "bad.jsonl"
+    good = (REPO / "trainers/data/support_vi_train.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    data.write_text("\n".join([
+        good,
+        '{"messages": [{"role": "user", "content": "hi"}]}',
+        '{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "{}"}]}',
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "not json"}]}',
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "{\\"category\\": \\"x\\"}"}]}',
+        "{broken",
+    ]) + "\n", encoding="utf-8")
+    cfg = load_train_config(REPO / "trainers/configs/demo.yaml").with_overrides(str(tiny_model_dir))
+    cfg = replace(cfg, data=replace(cfg.data, path=str(data)))
+    with pytest.raises(HarnessInputError) as info:
+        prepare(cfg, REPO)
+    msg = info.value.render()
+    for needle in ("bad.jsonl:2", "user and one assistant", "bad.jsonl:3", "unknown role 'robot'", "bad.jsonl:4", "not JSON", "bad.jsonl:5", "rejected by the contract", "bad.jsonl:6", "invalid JSON"):
+        assert needle in msg, needle
