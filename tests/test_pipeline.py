@@ -1,0 +1,96 @@
+"""Three variants on the tiny model: parity between adapter and merged, and the adapter-applied checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.models import resolve
+from harness.pipeline import run_pipeline
+from harness.runner import EvalOptions
+from harness.suite import load_suite
+from tests.conftest import REPO, SUPPORT_VI
+
+
+def _small_suite(tmp_path: Path, n: int = 8, max_new: int = 12) -> Path:
+    dst = tmp_path / "suite"
+    shutil.copytree(SUPPORT_VI, dst)
+    lines = (dst / "cases.jsonl").read_text(encoding="utf-8").splitlines()
+    picked = [json.loads(x) for x in lines[:: len(lines) // n][:n]]
+    for p in picked:
+        p["tags"] = []
+    (dst / "cases.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in picked), encoding="utf-8")
+    text = (dst / "suite.yaml").read_text(encoding="utf-8").replace("max_new_tokens: 160", f"max_new_tokens: {max_new}")
+    (dst / "suite.yaml").write_text(text.replace("slices: [informal, code-switch, short, long]", "slices: []"), encoding="utf-8")
+    return dst
+
+
+def _adapter(tmp_path: Path, tiny_model_dir: Path, trained: bool) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM"))
+    if trained:
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for name, p in peft.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+    out = tmp_path / ("trained" if trained else "untrained") / "adapter"
+    peft.save_pretrained(out)
+    return out
+
+
+def test_merged_equals_adapter_logits(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    x = torch.randint(5, 1000, (2, 17))
+    with torch.no_grad():
+        with_adapter = model(input_ids=x).logits
+        with model.disable_adapter():
+            plain = model(input_ids=x).logits
+        merged = model.merge_and_unload()(input_ids=x).logits
+    assert not torch.allclose(plain, with_adapter)
+    torch.testing.assert_close(merged, with_adapter, rtol=1e-4, atol=1e-4)
+
+
+def test_pipeline_reports_three_variants_and_parity(tiny_model_dir: Path, tmp_path: Path) -> None:
+    adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
+    suite = load_suite(_small_suite(tmp_path))
+    run_dir, report = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, tmp_path / "reports", EvalOptions(batch_size=4, progress=False), run_id="p")
+    assert set(report["variants"]) == {"base", "adapter", "merged"}
+    assert report["parity"]["verdict"] == "pass" and report["parity"]["n_cases"] == 8
+    assert report["parity"]["mean_kl"] < 1e-6
+    assert report["findings"] == []
+    merged = run_dir / "merged"
+    assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)  # a standalone model
+    rows = [json.loads(x) for x in (run_dir / "cases.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 8 and set(rows[0]["variants"]) == {"base", "adapter", "merged"}
+    assert "token_agreement" in rows[0]["parity"]
+
+
+def test_untrained_adapter_is_flagged(tiny_model_dir: Path, tmp_path: Path) -> None:
+    adapter = _adapter(tmp_path, tiny_model_dir, trained=False)
+    suite = load_suite(_small_suite(tmp_path, n=4))
+    _, report = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, tmp_path / "reports", EvalOptions(batch_size=4, progress=False), run_id="z")
+    codes = {f["code"] for f in report["findings"]}
+    assert {"lora_b_all_zero", "adapter_no_effect"} <= codes
+
+
+def test_not_an_adapter_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from harness.errors import HarnessInputError
+
+    with pytest.raises(HarnessInputError, match="adapter_config.json"):
+        run_pipeline(load_suite(SUPPORT_VI), resolve(str(tiny_model_dir)), tmp_path, tmp_path / "r", EvalOptions(progress=False))
