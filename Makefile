@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run eval test test-fast bench bench-train clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(BIN)/harness models pull
 
-## Main job: evaluate golden/support_vi with the embedded default model; writes reports/<run-id>/.
+## Main job: train the demo candidate on the embedded model, then evaluate base, adapter and merged.
 run: setup
+	$(BIN)/harness pipeline trainers/configs/demo.yaml
+
+## Evaluate the embedded base model alone on golden/support_vi.
+eval: setup
 	$(BIN)/harness eval golden/support_vi
 
 ## All CPU tests: fast lane (tiny models) and slow lane (real embedded model). GPU tests skip without CUDA.
@@ -29,6 +33,9 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_eval.py
+
+bench-train: setup
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV)
