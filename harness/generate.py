@@ -8,7 +8,6 @@ Greedy decoding with correct attention masks and position ids makes outputs inde
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -72,9 +71,8 @@ class JsonObjectTracker:
 class _JsonEndCriteria(StoppingCriteria):
     """Per-row stop signal once that row's top-level JSON object has closed."""
 
-    def __init__(self, trackers: list[JsonObjectTracker], prompt_len: int) -> None:
+    def __init__(self, trackers: list[JsonObjectTracker]) -> None:
         self.trackers = trackers
-        self.prompt_len = prompt_len
         self.done = torch.zeros(len(trackers), dtype=torch.bool)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
@@ -142,7 +140,7 @@ def generate(
             mask[row, prefix_len + width - len(suffix) :] = 1
         cache = _batch_cache(model, prefix_kv, prefix_len, suffixes, width, settings.max_new_tokens, pad_id, device)
         trackers = [JsonObjectTracker(piece_cache, tokenizer.decode) for _ in batch]
-        criteria = StoppingCriteriaList([_JsonEndCriteria(trackers, ids.shape[1])]) if settings.stop_at_json_end else None
+        criteria = StoppingCriteriaList([_JsonEndCriteria(trackers)]) if settings.stop_at_json_end else None
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
         with torch.inference_mode(), autocast:
             out = model.generate(
@@ -162,7 +160,7 @@ def generate(
         new = out.sequences[:, ids.shape[1] :].tolist()
         step_logits = torch.stack(out.logits[:keep_logits], dim=1).float().cpu() if keep_logits > 0 else None
         for row, idx in enumerate(batch):
-            gen = _finish(new[row], eos_ids, trackers[row] if settings.stop_at_json_end else None, tokenizer, piece_cache, len(prompts[idx]), settings)
+            gen = _finish(new[row], eos_ids, settings.stop_at_json_end, tokenizer, piece_cache, len(prompts[idx]))
             if step_logits is not None:
                 gen = replace(gen, logits=step_logits[row, : max(1, min(keep_logits, len(gen.token_ids)))].clone())
             results[idx] = gen
@@ -174,16 +172,15 @@ def generate(
 def _finish(
     tokens: list[int],
     eos_ids: list[int],
-    tracker: JsonObjectTracker | None,
+    stop_at_json_end: bool,
     tokenizer: PreTrainedTokenizerBase,
     piece_cache: dict[int, str],
     prompt_tokens: int,
-    settings: GenerationSettings,
 ) -> Generation:
     """Cut a row at its own stop point: EOS, or the token that closed the JSON object."""
     kept: list[int] = []
     reason = "max_new_tokens"
-    replay = JsonObjectTracker(piece_cache, tokenizer.decode) if tracker is not None else None
+    replay = JsonObjectTracker(piece_cache, tokenizer.decode) if stop_at_json_end else None
     for tok in tokens:
         if tok in eos_ids:
             reason = "eos"
@@ -307,9 +304,3 @@ def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="generating", unit="case", disable=not enabled, leave=False)
-
-
-def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    value = fn(*args, **kwargs)
-    return value, time.perf_counter() - start
