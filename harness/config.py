@@ -16,7 +16,7 @@ from harness.errors import HarnessInputError, Problem
 T = TypeVar("T")
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, what: str = "a training preset (see trainers/configs/)") -> dict[str, Any]:
     if not path.is_file():
         raise HarnessInputError(Problem(str(path), "no such file", "pass the path of a YAML config"))
     try:
@@ -26,7 +26,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise HarnessInputError(Problem(where, f"invalid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax")) from None
     if not isinstance(raw, dict):
-        raise HarnessInputError(Problem(str(path), "must be a YAML mapping", "see the presets in trainers/configs/"))
+        raise HarnessInputError(Problem(str(path), "must be a YAML mapping", f"write {what}"))
     return raw
 
 

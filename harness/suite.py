@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 from jsonschema import Draft202012Validator
 
+from harness.config import read_yaml
 from harness.errors import HarnessInputError, Problem
 from harness.io import read_jsonl, sha256_text
 
@@ -119,14 +119,7 @@ def load_suite(path: str | Path) -> Suite:
     suite_path = root / SUITE_FILE
     problems: list[Problem] = []
     raw_text = suite_path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(raw_text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{suite_path}:{mark.line + 1}" if mark else str(suite_path)
-        raise HarnessInputError(Problem(where, f"invalid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax")) from None
-    if not isinstance(raw, dict):
-        raise HarnessInputError(Problem(str(suite_path), "must be a YAML mapping of suite keys", f"allowed keys: {', '.join(SUITE_KEYS)}"))
+    raw = read_yaml(suite_path, "a suite file (see golden/README.md)")
 
     for key in raw:
         if key not in SUITE_KEYS:
