@@ -24,19 +24,15 @@ def case_parity(a: Generation, b: Generation) -> dict[str, Any]:
     assert a.logits is not None and b.logits is not None
     steps = min(a.logits.shape[0], b.logits.shape[0], PARITY_STEPS)
     ta, tb = list(a.token_ids[:steps]), list(b.token_ids[:steps])
-    upto = steps
-    for i, (x, y) in enumerate(zip(ta, tb)):
-        if x != y:
-            upto = i + 1
-            break
-    la, lb = a.logits[:upto].double(), b.logits[:upto].double()
+    diverge = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), None)
+    compared = steps if diverge is None else diverge + 1
+    la, lb = a.logits[:compared].double(), b.logits[:compared].double()
     kl = torch.nn.functional.kl_div(torch.log_softmax(lb, -1), torch.log_softmax(la, -1), log_target=True, reduction="none").sum(-1)
-    same = sum(1 for x, y in zip(ta, tb) if x == y) if ta == tb else (upto - 1)
     return {
         "steps": steps,
-        "compared_steps": upto,
-        "token_agreement": same / max(1, upto if ta != tb else steps),
-        "first_divergence": None if ta == tb else upto - 1,
+        "compared_steps": compared,
+        "token_agreement": 1.0 if diverge is None else diverge / compared,
+        "first_divergence": diverge,
         "max_abs_logit_diff": float((la - lb).abs().max()),
         "mean_kl": float(kl.mean()),
         "identical_output": a.token_ids == b.token_ids,

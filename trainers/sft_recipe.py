@@ -23,7 +23,7 @@ from harness.errors import HarnessInputError, Problem
 from harness.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from harness.models import ModelRef, resolve
 from harness.suite import Suite, load_suite
-from harness.train_config import TrainConfig, load_train_config
+from harness.train_config import TrainConfig
 
 
 def make_collator(tokenizer: Any) -> Any:
@@ -53,9 +53,10 @@ def _bf16_capable(cuda: bool) -> bool:
     if cuda:
         return torch.cuda.is_bf16_supported()
     try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text() or "amx_bf16" in Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def linear_module_names(ref: ModelRef) -> list[str]:
@@ -288,21 +289,10 @@ def model_card(meta: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    """`python -m trainers.sft_recipe CONFIG ...` is `harness train CONFIG ...`: one parser, one error path."""
+    from harness.cli import main as harness_main
 
-    ap = argparse.ArgumentParser(description="LoRA/QLoRA SFT recipe")
-    ap.add_argument("config")
-    ap.add_argument("--model")
-    ap.add_argument("--output-dir")
-    ap.add_argument("--max-steps", type=int)
-    a = ap.parse_args(argv)
-    try:
-        cfg = load_train_config(a.config).with_overrides(a.model, a.output_dir, a.max_steps)
-        print(train(cfg))
-    except HarnessInputError as exc:
-        print(f"harness: error: {exc.render()}", file=sys.stderr)
-        return 2
-    return 0
+    return harness_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
