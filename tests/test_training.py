@@ -112,3 +112,34 @@ def test_bad_training_data_is_reported_by_line(tmp_path: Path, tiny_model_dir: P
     msg = info.value.render()
     for needle in ("bad.jsonl:2", "user and one assistant", "bad.jsonl:3", "unknown role 'robot'", "bad.jsonl:4", "not JSON", "bad.jsonl:5", "rejected by the contract", "bad.jsonl:6", "invalid JSON"):
         assert needle in msg, needle
+
+
+def test_scoring_labelled_positions_only_changes_no_loss_or_gradient(tiny_model_dir: Path) -> None:
+    """The CPU speed-up in the recipe must be exact: same loss and same gradients as TRL's default."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from trainers.sft_recipe import labelled_positions_only
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 24))
+    labels = ids.clone()
+    labels[:, :16] = -100
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out.loss.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    default_loss, default_grad = run()
+    with labelled_positions_only(cuda=False) as what:
+        loss, grad = run()
+    assert what == "labelled positions only"
+    torch.testing.assert_close(loss, default_loss)
+    torch.testing.assert_close(grad, default_grad)
+    import trl.trainer.utils as trl_utils
+
+    assert trl_utils._use_triton(torch.device("cpu")) is False, "the patch must be undone after training"
