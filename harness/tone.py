@@ -1,0 +1,298 @@
+"""Tone contract scoring: does a reply sound like the support team should sound?
+
+A contract is a small YAML file of checkable rules (required phrases, forbidden phrases, length, shouting,
+closeness to the reference answer). Each rule gives its own Score with an explanation that names what
+matched or what was missing, so a failing case can be read without re-running anything.
+
+Vietnamese users often type without diacritics, so in a `vi` contract a word typed without them matches
+its accented form ("vui long" matches "vui lòng"). A word typed with *different* diacritics is a different
+word ("ngủ", sleep, is not "ngu", stupid) and does not match.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.config import build, read_yaml
+from harness.errors import HarnessInputError, Problem
+from harness.extract import Extraction
+from harness.scoring import Score
+from harness.suite import Case, Suite
+
+NO_ANSWER = "no answer field to judge: output had no valid JSON object"
+_MARKER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_WORD_CHAR = re.compile(r"\w")
+_LETTER_WORD = re.compile(r"[^\W\d_]+")
+_EXCLAMATION_RUN = re.compile(r"[!！]+")
+
+
+@dataclass(frozen=True)
+class LengthRule:
+    """Bounds on the reply's word count (whitespace-separated; a Vietnamese word is one syllable)."""
+
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class ShoutingRule:
+    """ALL-CAPS and "!!!" read as shouting in a support chat."""
+
+    max_caps_ratio: float  # share of letters that sit in ALL-CAPS words of 3+ letters
+    max_exclamation_run: int
+
+
+@dataclass(frozen=True)
+class SimilarityRule:
+    """A floor on surface similarity to the reference answer; catches off-topic, off-language or garbled replies."""
+
+    metric: Literal["chrf"]
+    min: float  # chrF on sacrebleu's 0..100 scale
+
+
+@dataclass(frozen=True)
+class MarkerGroup:
+    """A named any-of group: at least one phrase must appear."""
+
+    name: str
+    phrases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ToneContract:
+    """Every rule is stated in the file (an empty forbidden list is written as []), so none is dropped silently."""
+
+    language: Literal["vi", "en"]
+    forbidden: tuple[str, ...]
+    length_words: LengthRule
+    shouting: ShoutingRule
+    reference_similarity: SimilarityRule
+    field: str = "answer"
+    version: str = "1"
+    markers: tuple[MarkerGroup, ...] = ()
+    source: str = ""
+
+    def rule_names(self) -> list[str]:
+        """Scorer names in the order the scorer emits them, the overall `tone` last."""
+        return [f"tone:markers:{g.name}" for g in self.markers] + ["tone:forbidden", "tone:length", "tone:shouting", "tone:chrf", "tone"]
+
+
+def load_tone_contract(path: Path) -> ToneContract:
+    """Load a tone contract; every unknown key, missing key and bad value is reported in one error."""
+    path = Path(path)
+    raw = read_yaml(path, "a tone contract (see golden/support_vi/tone.yaml)")
+    problems: list[Problem] = []
+    if "source" in raw:
+        problems.append(Problem(f"{path}: key 'source'", "is set by the loader", "remove it"))
+        raw.pop("source")
+    has_markers = "markers" in raw
+    markers_raw = raw.pop("markers", None)
+    raw_problems: list[Problem] = []
+    contract = build(ToneContract, raw, "", raw_problems)
+    problems += [Problem(f"{path}: key '{p.where}'", p.what, p.fix) for p in raw_problems]
+    if not has_markers:
+        problems.append(Problem(f"{path}: key 'markers'", "missing", "add a mapping of marker name -> list of any-of phrases, or {} for none"))
+    groups = _marker_groups(markers_raw, path, problems) if has_markers else ()
+    if contract is not None:
+        problems += _value_problems(contract, path)
+    if problems or contract is None:
+        raise HarnessInputError(problems or [Problem(str(path), "could not be loaded", "compare it with golden/support_vi/tone.yaml")])
+    return replace(contract, markers=groups, source=str(path))
+
+
+def _marker_groups(raw: Any, path: Path, problems: list[Problem]) -> tuple[MarkerGroup, ...]:
+    if not isinstance(raw, dict):
+        problems.append(Problem(f"{path}: key 'markers'", f"must be a mapping of name -> list of phrases, got {raw!r}", "e.g. next_action: [\"vui lòng\", \"bạn hãy\"]"))
+        return ()
+    groups: list[MarkerGroup] = []
+    for name, phrases in raw.items():
+        where = f"{path}: key 'markers.{name}'"
+        if not isinstance(name, str) or not _MARKER_NAME.match(name):
+            problems.append(Problem(where, "marker names must be lower_snake_case", "rename it, e.g. next_action"))
+        if not isinstance(phrases, list) or not phrases:
+            problems.append(Problem(where, f"must be a non-empty list of phrases, got {phrases!r}", "list the phrases, any one of which satisfies the marker"))
+            continue
+        bad = [p for p in phrases if not isinstance(p, str) or not _WORD_CHAR.search(p)]
+        if bad:
+            problems.append(Problem(where, f"phrases must be strings containing a word, got {bad!r}", "quote each phrase"))
+            continue
+        groups.append(MarkerGroup(str(name), tuple(phrases)))
+    return tuple(groups)
+
+
+def _value_problems(c: ToneContract, path: Path) -> list[Problem]:
+    checks = [
+        (bool(c.field.strip()), "field", "must name the JSON field that holds the reply, e.g. answer"),
+        (all(isinstance(p, str) and _WORD_CHAR.search(p) for p in c.forbidden), "forbidden", "every phrase must be a string containing a word"),
+        (0 <= c.length_words.min <= c.length_words.max, "length_words", f"needs 0 <= min <= max, got min {c.length_words.min}, max {c.length_words.max}"),
+        (0.0 <= c.shouting.max_caps_ratio <= 1.0, "shouting.max_caps_ratio", "must be a share between 0 and 1"),
+        (c.shouting.max_exclamation_run >= 1, "shouting.max_exclamation_run", "must be at least 1 (a single '!' is not shouting)"),
+        (0.0 <= c.reference_similarity.min <= 100.0, "reference_similarity.min", "chrF is on a 0..100 scale"),
+    ]
+    return [Problem(f"{path}: key '{key}'", what, "fix the value") for ok, key, what in checks if not ok]
+
+
+# --- matching ---------------------------------------------------------------------------------------
+
+
+def _fold(text: str) -> str:
+    """Lower case without diacritics; đ becomes d (it has no combining mark to strip)."""
+    decomposed = unicodedata.normalize("NFD", text.lower().replace("đ", "d").replace("Đ", "d"))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _folded_with_index(text: str) -> tuple[str, list[int]]:
+    """Fold per character, remembering where each folded character came from, to quote the original span."""
+    out: list[str] = []
+    index: list[int] = []
+    for i, ch in enumerate(text):
+        for f in _fold(ch):
+            out.append(f)
+            index.append(i)
+    return "".join(out), index
+
+
+def _pattern(words: list[str]) -> re.Pattern[str]:
+    return re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)")
+
+
+def find_phrase(text: str, phrase: str, language: str) -> str | None:
+    """The span of `text` where `phrase` occurs as whole words, or None. Case-insensitive; see the module doc for vi."""
+    text = unicodedata.normalize("NFC", text)
+    phrase = unicodedata.normalize("NFC", phrase).lower()
+    if language != "vi":
+        m = _pattern(phrase.split()).search(text.lower())
+        return text[m.start() : m.end()] if m else None
+    folded, index = _folded_with_index(text)
+    phrase_words = phrase.split()
+    phrase_is_bare = _fold(phrase) == phrase
+    for m in _pattern(_fold(phrase).split()).finditer(folded):
+        span = text[index[m.start()] : index[m.end() - 1] + 1]
+        words = span.lower().split()
+        if phrase_is_bare or all(w == p or _fold(w) == w for w, p in zip(words, phrase_words)):
+            return span
+    return None
+
+
+def _quote(items: list[str] | tuple[str, ...]) -> str:
+    return json.dumps(list(items), ensure_ascii=False)
+
+
+# --- scorer -----------------------------------------------------------------------------------------
+
+ToneFn = Callable[[str | None, str | None], list[Score]]
+
+
+def tone_scorer(contract: ToneContract) -> ToneFn:
+    """One Score per rule plus an overall `tone` Score; a pure function of the reply and reference texts."""
+
+    def score(answer_text: str | None, reference_text: str | None) -> list[Score]:
+        if answer_text is None:
+            return [Score(name, None, NO_ANSWER) for name in contract.rule_names()]
+        rules = [_marker_score(contract, g, answer_text) for g in contract.markers]
+        rules += [
+            _forbidden_score(contract, answer_text),
+            _length_score(contract.length_words, answer_text),
+            _shouting_score(contract.shouting, answer_text),
+            _chrf_score(contract.reference_similarity, answer_text, reference_text),
+        ]
+        return rules + [_overall(contract, rules)]
+
+    return score
+
+
+def _marker_score(contract: ToneContract, group: MarkerGroup, text: str) -> Score:
+    name = f"tone:markers:{group.name}"
+    for phrase in group.phrases:
+        found = find_phrase(text, phrase, contract.language)
+        if found is not None:
+            return Score(name, 1.0, f"{group.name}: found {phrase!r} (as {found!r})", {"matched": phrase, "found": found})
+    return Score(name, 0.0, f"{group.name}: none of {_quote(group.phrases)} found", {"matched": None, "found": None})
+
+
+def _forbidden_score(contract: ToneContract, text: str) -> Score:
+    hits = [(p, f) for p in contract.forbidden if (f := find_phrase(text, p, contract.language)) is not None]
+    details = {"found": [{"phrase": p, "text": f} for p, f in hits]}
+    if not hits:
+        return Score("tone:forbidden", 1.0, f"forbidden: none of the {len(contract.forbidden)} forbidden phrases found", details)
+    listed = ", ".join(f"{p!r} (as {f!r})" for p, f in hits)
+    return Score("tone:forbidden", 0.0, f"forbidden: found {listed}", details)
+
+
+def _length_score(rule: LengthRule, text: str) -> Score:
+    n = sum(1 for token in text.split() if _WORD_CHAR.search(token))
+    details = {"words": n, "min": rule.min, "max": rule.max}
+    if n < rule.min:
+        return Score("tone:length", 0.0, f"length: {n} words, below the minimum of {rule.min}", details)
+    if n > rule.max:
+        return Score("tone:length", 0.0, f"length: {n} words, above the maximum of {rule.max}", details)
+    return Score("tone:length", 1.0, f"length: {n} words, within {rule.min}..{rule.max}", details)
+
+
+def _shouting_score(rule: ShoutingRule, text: str) -> Score:
+    words = _LETTER_WORD.findall(text)
+    letters = sum(len(w) for w in words)
+    caps = [w for w in words if len(w) >= 3 and w.isupper()]
+    ratio = sum(len(w) for w in caps) / letters if letters else 0.0
+    run = max((len(m.group()) for m in _EXCLAMATION_RUN.finditer(text)), default=0)
+    details = {"caps_ratio": round(ratio, 4), "caps_words": caps, "exclamation_run": run, "max_caps_ratio": rule.max_caps_ratio, "max_exclamation_run": rule.max_exclamation_run}
+    failures = []
+    if ratio > rule.max_caps_ratio:
+        failures.append(f"{ratio:.0%} of letters are in ALL-CAPS words (max {rule.max_caps_ratio:.0%}): {_quote(caps[:8])}")
+    if run > rule.max_exclamation_run:
+        failures.append(f"a run of {run} '!' (max {rule.max_exclamation_run})")
+    if failures:
+        return Score("tone:shouting", 0.0, "shouting: " + "; ".join(failures), details)
+    return Score("tone:shouting", 1.0, f"shouting: {ratio:.0%} of letters in ALL-CAPS words (max {rule.max_caps_ratio:.0%}), longest '!' run {run} (max {rule.max_exclamation_run})", details)
+
+
+def _chrf_score(rule: SimilarityRule, text: str, reference: str | None) -> Score:
+    if reference is None:
+        return Score("tone:chrf", None, "chrf: no reference answer to compare with", {"chrf": None, "min": rule.min})
+    from sacrebleu.metrics import CHRF
+
+    value = float(CHRF().sentence_score(text, [reference]).score)
+    details = {"chrf": round(value, 2), "min": rule.min}
+    if value < rule.min:
+        return Score("tone:chrf", 0.0, f"chrf: {value:.1f} against the reference, below the minimum of {rule.min:g}", details)
+    return Score("tone:chrf", 1.0, f"chrf: {value:.1f} against the reference (min {rule.min:g})", details)
+
+
+def _overall(contract: ToneContract, rules: list[Score]) -> Score:
+    """Passes only if every scored rule passed; an unscored rule is named, never counted as a pass or a fail."""
+    failed = [s for s in rules if s.value is not None and s.value < 1.0]
+    unscored = [s.scorer for s in rules if s.value is None]
+    details = {"failed": [s.scorer for s in failed], "unscored": unscored, "contract": contract.source, "contract_version": contract.version}
+    note = f"; unscored: {', '.join(unscored)}" if unscored else ""
+    if failed:
+        listed = "; ".join(f"{s.scorer} ({s.explanation})" for s in failed)
+        return Score("tone", 0.0, f"tone: failed {len(failed)} of {len(rules) - len(unscored)} rules: {listed}{note}", details)
+    return Score("tone", 1.0, f"tone: all {len(rules) - len(unscored)} scored rules passed{note}", details)
+
+
+# --- glue to the case pipeline ----------------------------------------------------------------------
+
+
+def answer_text(obj: dict[str, Any] | None, field: str) -> str | None:
+    """The reply text to judge. A valid object with no string in the field is an empty reply (it fails), not an unscored one."""
+    if obj is None:
+        return None
+    value = obj.get(field)
+    return value if isinstance(value, str) else ""
+
+
+def tone_case_scorer(contract: ToneContract) -> Callable[[str, Extraction, Case, Suite], list[Score]]:
+    """The tone scorer in the (output, extraction, case, suite) shape that harness.scoring registers."""
+    judge = tone_scorer(contract)
+
+    def score(output: str, ext: Extraction, case: Case, suite: Suite) -> list[Score]:
+        reference = case.reference.get(contract.field) if case.reference else None
+        return judge(answer_text(ext.obj, contract.field), reference if isinstance(reference, str) else None)
+
+    return score
