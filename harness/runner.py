@@ -18,7 +18,7 @@ from harness.generate import Generation, generate
 from harness.loading import Runtime, describe_model, load_model, load_tokenizer
 from harness.models import ModelRef
 from harness.report import write_report
-from harness.scoring import METRICS, aggregate, score_case, scorer_versions
+from harness.scoring import METRICS, aggregate, build_scorers, score_case, scorer_versions
 from harness.suite import Suite
 
 
@@ -28,6 +28,7 @@ class EvalOptions:
     precision: str = "float32"
     progress: bool = True
     limit: int | None = None
+    canaries: tuple[str, ...] = ()
 
 
 def evaluate(
@@ -46,9 +47,10 @@ def evaluate(
     outputs = generate(model, tokenizer, chats, suite.generation, batch_size=options.batch_size, precision=options.precision, progress=options.progress, keep_logits=keep_logits)
     t1 = time.perf_counter()
     records: list[dict[str, Any]] = []
+    scorers = build_scorers(suite, options.canaries)
     for case, chat, gen in zip(cases, chats, outputs):
         ext = extract_json(gen.text)
-        scores = score_case(gen.text, ext, case, suite)
+        scores = score_case(gen.text, ext, case, suite, scorers)
         records.append(
             {
                 "id": case.id,

@@ -16,6 +16,7 @@ import jsonschema
 from jsonschema import Draft202012Validator
 
 from harness.config import read_yaml
+from harness.tone import ToneContract, load_tone_contract
 from harness.errors import HarnessInputError, Problem
 from harness.io import read_jsonl, sha256_text
 
@@ -27,14 +28,19 @@ SUITE_KEYS = {
     "system_prompt": "system message sent before every case",
     "prompt_template": "optional wrapper for the user prompt; must contain {prompt}",
     "contract": "path of the JSON Schema (draft 2020-12) file, relative to the suite folder",
-    "cases": "path of the JSONL case file, relative to the suite folder",
+    "cases": "path of the JSONL case file (or a list of them), relative to the suite folder",
+    "tone": "path of the tone contract YAML, relative to the suite folder (optional)",
     "labels": "fields of the JSON answer compared with each case's expected values",
     "slices": "tags that group cases; each must be used by at least one case",
     "generation": "generation settings (max_new_tokens, stop_at_json_end)",
 }
 REQUIRED_SUITE_KEYS = ("name", "version", "contract", "cases", "labels")
 GENERATION_KEYS = {"max_new_tokens": int, "stop_at_json_end": bool}
-CASE_KEYS = {"id", "prompt", "messages", "expected", "reference", "tags"}
+CASE_KEYS = {"id", "prompt", "messages", "expected", "reference", "tags", "checks"}
+CHECK_KEYS = {"refusal": "required | not_required", "injection_markers": "strings whose presence means an injection succeeded",
+              "no_pii": "true: the output may not contain personal data absent from the prompt", "no_toxicity": "true: no toxic words",
+              "no_system_prompt_leak": "true: the output may not repeat the system prompt"}
+REFUSAL_VALUES = ("required", "not_required")
 ROLES = {"system", "user", "assistant"}
 
 
@@ -47,6 +53,17 @@ class GenerationSettings:
 
 
 @dataclass(frozen=True)
+class Checks:
+    """What a case expects beyond its labels; the defaults apply to every case (safety never goes unchecked)."""
+
+    refusal: str | None = None
+    injection_markers: tuple[str, ...] = ()
+    no_pii: bool = True
+    no_toxicity: bool = True
+    no_system_prompt_leak: bool = True
+
+
+@dataclass(frozen=True)
 class Case:
     id: str
     messages: tuple[dict[str, str], ...]
@@ -55,6 +72,11 @@ class Case:
     tags: tuple[str, ...]
     line: int
     content_hash: str
+    checks: Checks = Checks()
+    source: str = ""
+
+    def user_text(self) -> str:
+        return "\n".join(m["content"] for m in self.messages if m["role"] == "user")
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,7 @@ class Suite:
     cases: tuple[Case, ...]
     content_hash: str
     label_values: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    tone: ToneContract | None = None
 
     def chat(self, case: Case) -> list[dict[str, str]]:
         """The full conversation sent to the model for a case."""
@@ -127,7 +150,7 @@ def load_suite(path: str | Path) -> Suite:
     for key in REQUIRED_SUITE_KEYS:
         if key not in raw:
             problems.append(Problem(f"{suite_path}: key {key!r}", "missing", f"add it ({SUITE_KEYS[key]})"))
-    for key in ("name", "version", "description", "system_prompt", "prompt_template", "contract", "cases"):
+    for key in ("name", "version", "description", "system_prompt", "prompt_template", "contract", "tone"):
         if key in raw and not isinstance(raw[key], str):
             problems.append(Problem(f"{suite_path}: key {key!r}", f"must be a string, got {type(raw[key]).__name__}", "quote the value"))
     template = raw.get("prompt_template")
@@ -188,20 +211,42 @@ def load_suite(path: str | Path) -> Suite:
 
     cases: list[Case] = []
     cases_text = ""
-    cases_name = raw.get("cases")
-    if isinstance(cases_name, str):
+    cases_names = raw.get("cases")
+    if isinstance(cases_names, str):
+        cases_names = [cases_names]
+    if "cases" in raw and not (isinstance(cases_names, list) and cases_names and all(isinstance(n, str) for n in cases_names)):
+        problems.append(Problem(f"{suite_path}: key 'cases'", "must be a file name or a non-empty list of file names", "e.g. cases.jsonl or [cases.jsonl, adversarial.jsonl]"))
+        cases_names = []
+    seen: dict[str, str] = {}
+    for cases_name in cases_names or []:
         cases_path = root / cases_name
         if not cases_path.is_file():
             problems.append(Problem(f"{suite_path}: key 'cases'", f"file {cases_path} does not exist", "create it or fix the path"))
+            continue
+        cases_text += cases_path.read_text(encoding="utf-8", errors="replace") + "\0"
+        loaded = _load_cases(cases_path, contract, labels, slices, problems, seen)
+        if not loaded and not any(str(p.where).startswith(str(cases_path)) for p in problems):
+            problems.append(Problem(str(cases_path), "the case file has no cases", "add at least one case line"))
+        cases += loaded
+    if cases:
+        used = Counter(t for c in cases for t in c.tags)
+        for tag in slices:
+            if used[tag] == 0:
+                problems.append(Problem(f"{suite_path}: key 'slices'", f"slice {tag!r} has no cases", "tag some cases with it or remove the slice"))
+
+    tone: ToneContract | None = None
+    tone_text = ""
+    tone_name = raw.get("tone")
+    if isinstance(tone_name, str):
+        tone_path = root / tone_name
+        if not tone_path.is_file():
+            problems.append(Problem(f"{suite_path}: key 'tone'", f"file {tone_path} does not exist", "create it or remove the key"))
         else:
-            cases_text = cases_path.read_text(encoding="utf-8", errors="replace")
-            cases = _load_cases(cases_path, contract, labels, slices, problems)
-            if not cases and not any(str(p.where).startswith(str(cases_path)) for p in problems):
-                problems.append(Problem(str(cases_path), "the suite has no cases", "add at least one case line"))
-            used = Counter(t for c in cases for t in c.tags)
-            for tag in slices:
-                if used[tag] == 0:
-                    problems.append(Problem(f"{suite_path}: key 'slices'", f"slice {tag!r} has no cases", "tag some cases with it or remove the slice"))
+            tone_text = tone_path.read_text(encoding="utf-8")
+            try:
+                tone = load_tone_contract(tone_path)
+            except HarnessInputError as exc:
+                problems.extend(exc.problems)
 
     if problems:
         raise HarnessInputError(problems)
@@ -218,14 +263,14 @@ def load_suite(path: str | Path) -> Suite:
         slices=tuple(slices),
         generation=generation,
         cases=tuple(cases),
-        content_hash=sha256_text(raw_text + "\0" + contract_text + "\0" + cases_text),
+        content_hash=sha256_text(raw_text + "\0" + contract_text + "\0" + cases_text + "\0" + tone_text),
         label_values={label: _label_enum(contract, label) for label in labels},
+        tone=tone,
     )
 
 
-def _load_cases(path: Path, contract: dict[str, Any], labels: list[str], slices: list[str], problems: list[Problem]) -> list[Case]:
+def _load_cases(path: Path, contract: dict[str, Any], labels: list[str], slices: list[str], problems: list[Problem], seen: dict[str, str]) -> list[Case]:
     validator = Draft202012Validator(contract) if contract else None
-    seen: dict[str, int] = {}
     cases: list[Case] = []
     for lineno, obj in read_jsonl(path, problems):
         where = f"{path}:{lineno}"
@@ -238,9 +283,9 @@ def _load_cases(path: Path, contract: dict[str, Any], labels: list[str], slices:
             problems.append(Problem(f"{where}: key 'id'", "missing or not a non-empty string", "give every case a unique string id"))
             case_id = f"<line {lineno}>"
         elif case_id in seen:
-            problems.append(Problem(f"{where}: key 'id'", f"duplicate id {case_id!r} (first on line {seen[case_id]})", "make ids unique"))
+            problems.append(Problem(f"{where}: key 'id'", f"duplicate id {case_id!r} (first at {seen[case_id]})", "make ids unique"))
         else:
-            seen[case_id] = lineno
+            seen[case_id] = where
         messages = _case_messages(obj, where, problems)
         expected = obj.get("expected")
         if not isinstance(expected, dict):
@@ -276,6 +321,7 @@ def _load_cases(path: Path, contract: dict[str, Any], labels: list[str], slices:
         for tag in tags:
             if tag not in slices:
                 problems.append(Problem(f"{where}: key 'tags'", f"tag {tag!r} is not a declared slice", f"declare it under 'slices' in {SUITE_FILE} or fix the spelling"))
+        checks = _case_checks(obj.get("checks", {}), where, problems)
         if len(problems) == n_before:
             case_obj = {k: obj[k] for k in sorted(obj)}
             cases.append(
@@ -287,9 +333,35 @@ def _load_cases(path: Path, contract: dict[str, Any], labels: list[str], slices:
                     tags=tuple(tags),
                     line=lineno,
                     content_hash=sha256_text(json.dumps(case_obj, ensure_ascii=False, sort_keys=True)),
+                    checks=checks,
+                    source=path.name,
                 )
             )
     return cases
+
+
+def _case_checks(raw: Any, where: str, problems: list[Problem]) -> Checks:
+    if not isinstance(raw, dict):
+        problems.append(Problem(f"{where}: key 'checks'", "must be an object", "e.g. {\"refusal\": \"required\"}"))
+        return Checks()
+    ok = True
+    for key, value in raw.items():
+        if key not in CHECK_KEYS:
+            problems.append(Problem(f"{where}: key 'checks.{key}'", "unknown key", _did_you_mean(str(key), CHECK_KEYS)))
+            ok = False
+        elif key == "refusal" and value not in REFUSAL_VALUES:
+            problems.append(Problem(f"{where}: key 'checks.refusal'", f"{value!r} is not one of {list(REFUSAL_VALUES)}", "say whether a refusal is required"))
+            ok = False
+        elif key == "injection_markers" and not (isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)):
+            problems.append(Problem(f"{where}: key 'checks.injection_markers'", "must be a list of non-empty strings", "list the strings the injected instruction asks for"))
+            ok = False
+        elif key.startswith("no_") and not isinstance(value, bool):
+            problems.append(Problem(f"{where}: key 'checks.{key}'", f"must be true or false, got {value!r}", "use a boolean"))
+            ok = False
+    if not ok:
+        return Checks()
+    return Checks(refusal=raw.get("refusal"), injection_markers=tuple(raw.get("injection_markers", ())),
+                  no_pii=raw.get("no_pii", True), no_toxicity=raw.get("no_toxicity", True), no_system_prompt_leak=raw.get("no_system_prompt_leak", True))
 
 
 def _case_messages(obj: dict[str, Any], where: str, problems: list[Problem]) -> list[dict[str, str]]:

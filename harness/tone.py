@@ -17,13 +17,15 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.config import build, read_yaml
 from harness.errors import HarnessInputError, Problem
 from harness.extract import Extraction
-from harness.scoring import Score
-from harness.suite import Case, Suite
+from harness.score import Score
+
+if TYPE_CHECKING:
+    from harness.suite import Case, Suite
 
 NO_ANSWER = "no answer field to judge: output had no valid JSON object"
 _MARKER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
