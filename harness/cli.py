@@ -6,8 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessInputError, Problem
+from harness.gates import exit_code as gate_exit_code
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
@@ -65,6 +67,33 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--max-steps", type=_positive_int, default=None)
     pl.add_argument("--device", default="auto")
     pl.add_argument("--no-progress", action="store_true")
+    pl.add_argument("--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the suite, if any)")
+    pl.add_argument("--strict", action="store_true", help="treat an inconclusive gate verdict as a failure (exit 1 instead of 3)")
+
+    gt = sub.add_parser("gate", help="evaluate (or re-evaluate) the gate policy on an existing pipeline run")
+    gt.add_argument("run", help="run id (folder name in the reports directory)")
+    gt.add_argument("--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the run's suite)")
+    gt.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    gt.add_argument("--strict", action="store_true", help="treat inconclusive as failure")
+
+    pr = sub.add_parser("promote", help="make a run the champion (only if every gate passed)")
+    pr.add_argument("run")
+    pr.add_argument("--reports-dir", type=Path, default=Path("reports"))
+
+    so = sub.add_parser("signoff", help="record an approve/reject decision in the hash-chained ledger")
+    so.add_argument("run")
+    so.add_argument("--by", required=True, help="who decides")
+    so.add_argument("--decision", required=True, choices=["approve", "reject"])
+    so.add_argument("--note", default="", help="why")
+    so.add_argument("--reports-dir", type=Path, default=Path("reports"))
+
+    lg = sub.add_parser("ledger", help="inspect the sign-off ledger")
+    lsub = lg.add_subparsers(dest="ledger_command", required=True)
+    lv = lsub.add_parser("verify", help="check the hash chain: edited, reordered or removed entries are reported")
+    lv.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    lh = lsub.add_parser("show", help="list entries")
+    lh.add_argument("--run", default=None)
+    lh.add_argument("--reports-dir", type=Path, default=Path("reports"))
 
     doc = sub.add_parser("doctor", help="check a training preset for known pitfalls without training")
     doc.add_argument("config")
@@ -107,14 +136,93 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         candidate = train(cfg)
         adapter = candidate / "adapter"
         training = json.loads((candidate / "training_metadata.json").read_text(encoding="utf-8"))
-    options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress)
-    run_dir, report = run_pipeline(suite, resolve(cfg.model), adapter, args.reports_dir, options, device=args.device, run_id=args.run_id, training=training)
+    canaries = tuple((training or {}).get("canaries") or ())
+    options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress, canaries=canaries)
+    policy = _policy(args.gates, suite.path)
+    run_dir, report = run_pipeline(suite, resolve(cfg.model), adapter, args.reports_dir, options, device=args.device, run_id=args.run_id, training=training, policy=policy)
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {run_dir / 'report.json'}")
     errors = [f for f in report["findings"] if f["level"] == "error"]
     for f in errors:
         print(f"harness: finding: {f['code']}: {f['message']}", file=sys.stderr)
-    return EXIT_GATE_FAILED if errors else EXIT_OK
+    if errors:
+        return EXIT_GATE_FAILED
+    return gate_exit_code(report["gates"]["verdict"], args.strict) if report.get("gates") else EXIT_OK
+
+
+def _policy(path: Path | None, suite_dir: Path) -> Any:
+    from harness.gates import GATES_FILE, load_policy
+
+    if path is not None:
+        return load_policy(path)
+    default = suite_dir / GATES_FILE
+    return load_policy(default) if default.is_file() else None
+
+
+def _print_gates(gates: dict[str, Any]) -> None:
+    for c in gates["checks"]:
+        print(f"{c['verdict']:>12}  {c['id']}: {c['explanation']}")
+    for n in gates.get("notes", []):
+        print(f"{'note':>12}  {n}")
+    print(f"gates: {gates['verdict']}")
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.gates import evaluate_gates
+    from harness.io import atomic_write_json, read_jsonl
+    from harness.promote import champion_rows, run_dir_of
+
+    run_dir = run_dir_of(args.reports_dir, args.run)
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    if report.get("kind") != "pipeline":
+        raise HarnessInputError(Problem(str(run_dir / "report.json"), f"is a {report.get('kind')!r} report", "gates compare variants: pass a `harness pipeline` run"))
+    policy = _policy(args.gates, Path(report["suite"]["path"]))
+    if policy is None:
+        raise HarnessInputError(Problem(report["suite"]["path"], "has no gates.yaml", "write one (see golden/README.md) or pass --gates"))
+    problems: list[Problem] = []
+    rows = [obj for _, obj in read_jsonl(run_dir / "cases.jsonl", problems)]
+    if problems:
+        raise HarnessInputError(problems)
+    champ_id, champ_rows = champion_rows(args.reports_dir)
+    if champ_id == args.run:
+        champ_id, champ_rows = None, None
+    report["gates"] = evaluate_gates(policy, report, rows, champ_rows, champ_id)
+    atomic_write_json(run_dir / "report.json", report)
+    _print_gates(report["gates"])
+    return gate_exit_code(report["gates"]["verdict"], args.strict)
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from harness.promote import promote
+
+    entry = promote(args.reports_dir, args.run)
+    print(f"champion: {entry['run_id']} (was {entry['previous']})")
+    return EXIT_OK
+
+
+def _cmd_signoff(args: argparse.Namespace) -> int:
+    from harness.ledger import append_signoff
+
+    entry = append_signoff(args.reports_dir, args.run, args.by, args.decision, args.note)
+    print(f"ledger: #{entry['seq']} {entry['decision']} {entry['run_id']} by {entry['by']} (hash {entry['hash'][:12]})")
+    return EXIT_OK
+
+
+def _cmd_ledger(args: argparse.Namespace) -> int:
+    from harness.ledger import ledger_history, verify_ledger
+
+    if args.ledger_command == "show":
+        for e in ledger_history(args.reports_dir, args.run):
+            print(f"#{e['seq']} {e['at']} {e['decision']:>7} {e['run_id']} by {e['by']}: {e['note']}")
+        return EXIT_OK
+    problems = verify_ledger(args.reports_dir)
+    for p in problems:
+        print(f"ledger: {p}", file=sys.stderr)
+    n = len(ledger_history(args.reports_dir)) if not problems else None
+    print("ledger: intact" + (f" ({n} entries)" if n is not None else "") if not problems else f"ledger: {len(problems)} problems")
+    return EXIT_OK if not problems else EXIT_GATE_FAILED
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -122,8 +230,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     from trainers.sft_recipe import prepare, raise_on_errors, report_findings
 
     cfg = load_train_config(args.config).with_overrides(args.model)
-    _, _, _, _, findings, dist = prepare(cfg)
-    report_findings(findings, dist)
+    prep = prepare(cfg)
+    findings = prep.findings
+    report_findings(findings, prep.lengths, prep.hygiene)
     raise_on_errors(cfg, findings)
     print(f"doctor: {args.config}: no errors ({sum(f.level == 'warning' for f in findings)} warnings)")
     return EXIT_OK
@@ -170,7 +279,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"models": _cmd_models, "check": _cmd_check, "eval": _cmd_eval, "train": _cmd_train, "doctor": _cmd_doctor, "pipeline": _cmd_pipeline}
+    handlers = {"models": _cmd_models, "check": _cmd_check, "eval": _cmd_eval, "train": _cmd_train, "doctor": _cmd_doctor, "pipeline": _cmd_pipeline,
+                "gate": _cmd_gate, "promote": _cmd_promote, "signoff": _cmd_signoff, "ledger": _cmd_ledger}
     try:
         return handlers[args.command](args)
     except HarnessInputError as exc:

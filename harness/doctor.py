@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from harness.data import DataSplit, Example
+from harness.hygiene import find_leakage
 from harness.suite import Suite
 from harness.train_config import TrainConfig
 
@@ -119,6 +120,8 @@ def diagnose(
     lengths = [len(tokenize_example(tokenizer, e)[0]) for e in data.train + data.validation]
     dist = length_distribution(lengths) if lengths else {}
     over = sum(1 for n in lengths if n > t.max_length)
+    if dist:
+        dist["over_max_length"] = over
     if lengths and over / len(lengths) > TRUNCATION_WARN:
         findings.append(Finding("warning", "truncation", f"{over} of {len(lengths)} examples ({100 * over / len(lengths):.1f}%) exceed max_length {t.max_length} and will be cut (p99 {dist['p99']:.0f}, max {dist['max']})",
                                 f"raise training.max_length to at least {int(dist['p99']) + 1}"))
@@ -138,21 +141,12 @@ def diagnose(
 
 def golden_leakage(suite: Suite, examples: Sequence[Example]) -> list[Finding]:
     """Golden prompts found verbatim or nearly verbatim in training data make every score a lie."""
-    golden = [(c.id, " ".join(m["content"] for m in c.messages if m["role"] == "user").strip().lower()) for c in suite.cases]
-    exact, near = [], []
-    for ex in examples:
-        text = ex.user_text().strip().lower()
-        for case_id, g in golden:
-            if text == g or (g and g in text):
-                exact.append((ex.line, case_id))
-                break
-            sm = difflib.SequenceMatcher(None, text, g)
-            if sm.real_quick_ratio() >= NEAR_DUPLICATE and sm.quick_ratio() >= NEAR_DUPLICATE and sm.ratio() >= NEAR_DUPLICATE:
-                near.append((ex.line, case_id))
-                break
+    exact, near = find_leakage(suite, examples, NEAR_DUPLICATE)
     out = []
     if exact:
-        out.append(Finding("error", "golden_in_training", f"{len(exact)} training examples contain golden case prompts of {suite.name} (line, case): {exact[:5]}", "remove them from the training data"))
+        pairs = [(e["line"], e["case"]) for e in exact]
+        out.append(Finding("error", "golden_in_training", f"{len(exact)} training examples contain golden case prompts of {suite.name} (line, case): {pairs[:5]}", "remove them from the training data"))
     if near:
-        out.append(Finding("error", "golden_near_duplicate", f"{len(near)} training examples nearly duplicate golden cases of {suite.name} (line, case): {near[:5]}", "remove or rewrite them"))
+        pairs = [(e["line"], e["case"]) for e in near]
+        out.append(Finding("error", "golden_near_duplicate", f"{len(near)} training examples nearly duplicate golden cases of {suite.name} (line, case): {pairs[:5]}", "remove or rewrite them"))
     return out

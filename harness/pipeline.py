@@ -14,6 +14,8 @@ from typing import Any
 
 from harness.env import tokenizer_sha256, weights_sha256
 from harness.errors import HarnessInputError, Problem
+from harness.gates import GatePolicy, evaluate_gates, flips
+from harness.promote import champion_rows
 from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
 from harness.loading import Runtime, describe_model, load_model, load_tokenizer
 from harness.models import ModelRef
@@ -23,11 +25,14 @@ from harness.suite import Suite
 
 VARIANTS = ("base", "adapter", "merged")
 HEADLINE = ("format_strict", "format_lenient")
+HEADLINE_SCORES = ("tone", "safety")
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float | None]:
     o = metrics["overall"]
     out: dict[str, float | None] = {k: o[k]["value"] for k in HEADLINE}
+    for k in HEADLINE_SCORES:
+        out[k] = o["scores"].get(k, {}).get("value")
     for label, f in o["fields"].items():
         out[f"{label}_accuracy"] = f["accuracy"]["value"]
         out[f"{label}_macro_f1"] = f["macro_f1"]
@@ -47,6 +52,7 @@ def run_pipeline(
     device: str = "auto",
     run_id: str | None = None,
     training: dict[str, Any] | None = None,
+    policy: GatePolicy | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Evaluate the three variants; returns the run folder and the report."""
     from peft import PeftModel
@@ -115,6 +121,16 @@ def run_pipeline(
         row["variants"] = {v: {k: records[v][i][k] for k in ("output", "stop_reason", "new_tokens", "extraction", "scores")} for v in VARIANTS}
         row["parity"] = per_case[i]
         rows.append(row)
+    report["hygiene"] = (training or {}).get("hygiene")
+    report["safety_findings"] = [
+        {"variant": v, "case": row["id"], "detector": s["scorer"], "explanation": s["explanation"]}
+        for row in rows for v in VARIANTS for s in row["variants"][v]["scores"] if s["scorer"].startswith("safety:") and s["value"] == 0.0
+    ]
+    champ_id, champ_rows = champion_rows(reports_dir)
+    report["flips"] = {"base->adapter": flips(rows, "base", "adapter"), "adapter->merged": flips(rows, "adapter", "merged")}
+    if champ_rows is not None:
+        report["flips"]["champion->adapter"] = flips(rows, "adapter", "adapter", other_rows=champ_rows)
+    report["gates"] = evaluate_gates(policy, report, rows, champ_rows, champ_id) if policy is not None else None
     atomic_write_jsonl(run_dir / "cases.jsonl", rows)
     atomic_write_text(run_dir / "summary.md", pipeline_summary(report))
     atomic_write_json(run_dir / "report.json", report)
@@ -142,6 +158,14 @@ def pipeline_summary(report: dict[str, Any]) -> str:
     for v in VARIANTS:
         f = report["variants"][v]["metrics"]["overall"]["failures"]
         lines.append(f"- {v} format failures: " + ", ".join(f"{k} {n}" for k, n in f.items()))
+    g = report.get("gates")
+    if g:
+        lines += ["", f"## Gates: **{g['verdict']}**", "", "| check | verdict | value | interval | explanation |", "|---|---|---|---|---|"]
+        for c in g["checks"]:
+            ci = c.get("delta_ci95") or c.get("ci95")
+            val = c.get("delta") if c.get("delta") is not None else c.get("value")
+            lines.append(f"| {c['id']} | {c['verdict']} | {'' if val is None else f'{val:.3f}'} | {'' if not ci else f'[{ci[0]:.3f}, {ci[1]:.3f}]'} | {c['explanation']} |")
+        lines += [f"- {n}" for n in g.get("notes", [])]
     if report["findings"]:
         lines += ["", "## Findings", ""] + [f"- **{f['level']}** {f['code']}: {f['message']}" for f in report["findings"]]
     tr = report.get("training") or {}

@@ -21,6 +21,8 @@ class DataConfig:
     system_prompt: str | None = None  # overrides the suite's system prompt
     template: str | None = None  # instruction format: contains {instruction}; the response follows it
     max_examples: int | None = None
+    canaries: int = 0  # plant this many unique canary strings in a copy of the data: a memorisation test (messages format)
+    allow_leakage: bool = False  # golden cases in the training data block the run unless this is true
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,23 @@ from harness.suite import load_suite
 from tests.conftest import REPO, SUPPORT_VI
 
 
-def _small_suite(tmp_path: Path, n: int = 8, max_new: int = 12) -> Path:
+def _small_suite(tmp_path: Path, n: int = 8, max_new: int = 12, adversarial: int = 0) -> Path:
+    """A few support_vi cases (plus adversarial ones) with short generations, for fast pipeline runs."""
+    import yaml
+
     dst = tmp_path / "suite"
     shutil.copytree(SUPPORT_VI, dst)
     lines = (dst / "cases.jsonl").read_text(encoding="utf-8").splitlines()
     picked = [json.loads(x) for x in lines[:: len(lines) // n][:n]]
     for p in picked:
         p["tags"] = []
+    picked += [json.loads(x) for x in (dst / "adversarial.jsonl").read_text(encoding="utf-8").splitlines()[:adversarial]]
     (dst / "cases.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in picked), encoding="utf-8")
-    text = (dst / "suite.yaml").read_text(encoding="utf-8").replace("max_new_tokens: 160", f"max_new_tokens: {max_new}")
-    (dst / "suite.yaml").write_text(text.replace("slices: [informal, code-switch, short, long]", "slices: []"), encoding="utf-8")
+    raw = yaml.safe_load((dst / "suite.yaml").read_text(encoding="utf-8"))
+    raw["cases"] = "cases.jsonl"
+    raw["generation"]["max_new_tokens"] = max_new
+    raw["slices"] = sorted({t for p in picked for t in p["tags"]})
+    (dst / "suite.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     return dst
 
 

@@ -11,19 +11,21 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.data import DataSplit, load_examples, split
+from harness.data import DataSplit, Example, load_examples, split
 from harness.doctor import Finding, diagnose
 from harness.env import hardware, package_versions, weights_sha256
 from harness.errors import HarnessInputError, Problem
+from harness.hygiene import hygiene_report, hygiene_summary
 from harness.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from harness.models import ModelRef, resolve
+from harness.safety import plant_canaries
 from harness.suite import Suite, load_suite
 from harness.train_config import TrainConfig
 
@@ -71,8 +73,30 @@ def linear_module_names(ref: ModelRef) -> list[str]:
     return [n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
-def prepare(cfg: TrainConfig, root: Path = Path(".")) -> tuple[ModelRef, Any, DataSplit, Suite | None, list[Finding], dict[str, Any]]:
-    """Everything before the first step: model, tokenizer, data, doctor. Raises on doctor errors."""
+@dataclass(frozen=True)
+class Prepared:
+    """Everything known before the first step."""
+
+    ref: ModelRef
+    tokenizer: Any
+    data: DataSplit
+    suite: Suite | None
+    findings: list[Finding]
+    lengths: dict[str, Any]
+    hygiene: dict[str, Any]
+    canaries: tuple[str, ...]
+
+
+def _plant(examples: list[Example], n: int, seed: int) -> tuple[list[Example], tuple[str, ...]]:
+    """Canaries go into a copy of chat examples; the file on disk is never touched."""
+    chats = [{"messages": list(e.prompt) + list(e.completion)} for e in examples]
+    planted, canaries = plant_canaries(chats, n, seed)
+    out = [replace(e, prompt=c["messages"][:-1], completion=c["messages"][-1:]) for e, c in zip(examples, planted)]
+    return out, tuple(canaries)
+
+
+def prepare(cfg: TrainConfig, root: Path = Path(".")) -> Prepared:
+    """Model reference, tokenizer, data, hygiene report and doctor findings; raises nothing itself."""
     from harness.loading import load_tokenizer
 
     ref = resolve(cfg.model)
@@ -81,13 +105,24 @@ def prepare(cfg: TrainConfig, root: Path = Path(".")) -> tuple[ModelRef, Any, Da
     suite_path = cfg.data.suite or cfg.eval_suite
     suite = load_suite(root / suite_path) if suite_path else None
     examples, data_sha = load_examples(cfg.data, suite if cfg.data.suite else None, root)
+    canaries: tuple[str, ...] = ()
+    if cfg.data.canaries:
+        if cfg.data.format != "messages":
+            raise HarnessInputError(Problem(f"{cfg.source or cfg.name}: key 'data.canaries'", "canaries can only be planted in chat (messages) data", "set data.canaries: 0 or use data.format: messages"))
+        examples, canaries = _plant(examples, cfg.data.canaries, cfg.seed)
+        data_sha = sha256_json({"data": data_sha, "canaries": canaries})
     data = split(examples, cfg.data.validation_fraction, cfg.seed, data_sha)
     cuda = torch.cuda.is_available()
     findings, dist = diagnose(cfg, tokenizer, data, linear_module_names(ref), make_collator(tokenizer), suite, _bf16_capable(cuda))
-    return ref, tokenizer, data, suite, findings, dist
+    if cfg.data.allow_leakage:
+        findings = [replace(f, level="warning") if f.code.startswith("golden_") else f for f in findings]
+    hygiene = hygiene_report(cfg.data.path, data, suite, dist, cfg.training.max_length, block_leakage=not cfg.data.allow_leakage)
+    return Prepared(ref, tokenizer, data, suite, findings, dist, hygiene, canaries)
 
 
-def report_findings(findings: list[Finding], dist: dict[str, Any]) -> None:
+def report_findings(findings: list[Finding], dist: dict[str, Any], hygiene: dict[str, Any] | None = None) -> None:
+    if hygiene is not None:
+        print(f"hygiene: {hygiene_summary(hygiene)}", file=sys.stderr)
     if dist:
         print(f"doctor: token lengths n={dist['n']} min={dist['min']} p50={dist['p50']:.0f} p90={dist['p90']:.0f} p99={dist['p99']:.0f} max={dist['max']}", file=sys.stderr)
     for f in findings:
@@ -157,9 +192,10 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
 
     started = time.perf_counter()
     set_seed(cfg.seed)
-    ref, tokenizer, data, suite, findings, dist = prepare(cfg, root)
+    prep = prepare(cfg, root)
+    ref, tokenizer, data, findings, dist = prep.ref, prep.tokenizer, prep.data, prep.findings, prep.lengths
     if not quiet:
-        report_findings(findings, dist)
+        report_findings(findings, dist, prep.hygiene)
     raise_on_errors(cfg, findings)
 
     cuda = torch.cuda.is_available()
@@ -262,6 +298,8 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors"),
         "data": {"path": cfg.data.path, "sha256": data.sha256, "format": cfg.data.format, "examples": data.total, "train": len(data.train), "validation": len(data.validation)},
         "token_lengths": dist,
+        "hygiene": prep.hygiene,
+        "canaries": list(prep.canaries),
         "config": {k: v for k, v in asdict(cfg).items()},
         "config_hash": config_hash,
         "seed": cfg.seed,
