@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessInputError, Problem
+from harness.cache import default_path as default_cache_path
 from harness.gates import exit_code as gate_exit_code
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--allow-hub", action="store_true", help="let --model be a Hugging Face hub id (needs network)")
     ev.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the weights (off by default)")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ev.add_argument("--no-cache", action="store_true", help="generate everything again instead of reusing cached results")
     tr = sub.add_parser("train", help="train a LoRA/QLoRA candidate from a preset YAML (runs the doctor first)")
     tr.add_argument("config", help="preset, e.g. trainers/configs/demo.yaml")
     tr.add_argument("--model", default=None, help="override the preset's model (local folder or embedded name)")
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--max-steps", type=_positive_int, default=None)
     pl.add_argument("--device", default="auto")
     pl.add_argument("--no-progress", action="store_true")
+    pl.add_argument("--no-cache", action="store_true", help="generate everything again instead of reusing cached results")
     pl.add_argument("--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the suite, if any)")
     pl.add_argument("--strict", action="store_true", help="treat an inconclusive gate verdict as a failure (exit 1 instead of 3)")
 
@@ -137,7 +140,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         adapter = candidate / "adapter"
         training = json.loads((candidate / "training_metadata.json").read_text(encoding="utf-8"))
     canaries = tuple((training or {}).get("canaries") or ())
-    options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress, canaries=canaries)
+    options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress, canaries=canaries, cache_path=None if args.no_cache else default_cache_path())
     policy = _policy(args.gates, suite.path)
     run_dir, report = run_pipeline(suite, resolve(cfg.model), adapter, args.reports_dir, options, device=args.device, run_id=args.run_id, training=training, policy=policy)
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
@@ -270,7 +273,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.reports_dir.exists() and not args.reports_dir.is_dir():
         raise HarnessInputError(Problem(str(args.reports_dir), "is not a folder", "pass a folder for --reports-dir"))
-    options = EvalOptions(batch_size=args.batch_size, precision=args.precision, progress=not args.no_progress, limit=args.limit)
+    options = EvalOptions(batch_size=args.batch_size, precision=args.precision, progress=not args.no_progress, limit=args.limit, cache_path=None if args.no_cache else default_cache_path())
     run_dir = run_eval(suite, ref, args.reports_dir, options, device=args.device, trust_remote_code=args.trust_remote_code, run_id=args.run_id)
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {run_dir / 'report.json'}")

@@ -16,11 +16,12 @@ from harness.env import tokenizer_sha256, weights_sha256
 from harness.errors import HarnessInputError, Problem
 from harness.gates import GatePolicy, evaluate_gates, flips
 from harness.promote import champion_rows
-from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
+from harness.cache import ResultCache
+from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file, sha256_json
 from harness.loading import Runtime, describe_model, load_model, load_tokenizer
 from harness.models import ModelRef
 from harness.parity import PARITY_STEPS, adapter_findings, case_parity, outputs_identical_everywhere, summarize_parity
-from harness.runner import EvalOptions, evaluate, report_header, run_id_for
+from harness.runner import EvalOptions, evaluate, generation_keys, report_header, run_id_for
 from harness.suite import Suite
 
 VARIANTS = ("base", "adapter", "merged")
@@ -69,20 +70,39 @@ def run_pipeline(
     findings = adapter_findings(model)
     loaded = time.perf_counter()
 
+    cache = ResultCache(options.cache_path) if options.cache_path else None
+    adapter_sha = sha256_file(adapter_dir / "adapter_model.safetensors")
+    dtype = describe_model(base)["dtype"]
+    lora = f"{adapter_sha}:{sha256_file(adapter_dir / 'adapter_config.json')}"
+    keys = {"base": f"base:{base_hash}:{dtype}", "adapter": f"adapter:{base_hash}:{lora}:{dtype}", "merged": f"merged:{base_hash}:{lora}:{dtype}"}
+    cases = suite.cases[: options.limit] if options.limit else suite.cases
+    parity_keys: list[str] = []
+    cached_parity: dict[int, dict[str, Any]] = {}
+    regenerate: frozenset[str] = frozenset()
+    if cache is not None:
+        chats = [suite.chat(c) for c in cases]
+        tok_hash, device_type = tokenizer_sha256(tokenizer), next(model.parameters()).device.type
+        gk = {v: generation_keys(suite, cases, chats, keys[v], tok_hash, options, device_type) for v in ("adapter", "merged")}
+        parity_keys = [sha256_json({"adapter": a, "merged": m, "steps": PARITY_STEPS}) for a, m in zip(gk["adapter"], gk["merged"])]
+        for i, k in enumerate(parity_keys):
+            hit = cache.get("parity", k)
+            if hit is not None:
+                cached_parity[i] = hit
+        regenerate = frozenset(c.id for i, c in enumerate(cases) if i not in cached_parity)
+
     variants: dict[str, Any] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     gens: dict[str, Any] = {}
     with model.disable_adapter():
-        records["base"], m, t, gens["base"] = evaluate(suite, model, tokenizer, options)
+        records["base"], m, t, gens["base"] = evaluate(suite, model, tokenizer, options, cache=cache, model_key=keys["base"])
     variants["base"] = {"metrics": m, "timings": t, "weights_sha256": base_hash}
-    records["adapter"], m, t, gens["adapter"] = evaluate(suite, model, tokenizer, options, keep_logits=PARITY_STEPS)
-    adapter_sha = sha256_file(adapter_dir / "adapter_model.safetensors")
+    records["adapter"], m, t, gens["adapter"] = evaluate(suite, model, tokenizer, options, keep_logits=PARITY_STEPS, cache=cache, model_key=keys["adapter"], regenerate=regenerate)
     variants["adapter"] = {"metrics": m, "timings": t, "weights_sha256": base_hash, "adapter_sha256": adapter_sha}
 
     merge_started = time.perf_counter()
     merged = model.merge_and_unload()
     merge_s = time.perf_counter() - merge_started
-    records["merged"], m, t, gens["merged"] = evaluate(suite, merged, tokenizer, options, keep_logits=PARITY_STEPS)
+    records["merged"], m, t, gens["merged"] = evaluate(suite, merged, tokenizer, options, keep_logits=PARITY_STEPS, cache=cache, model_key=keys["merged"], regenerate=regenerate)
 
     rid = run_id or run_id_for(suite, f"{base_ref.spec}+{adapter_dir.parent.name}")
     run_dir = reports_dir / rid
@@ -94,7 +114,9 @@ def run_pipeline(
     trained_nf4 = bool(training and training.get("precision", {}).get("weights") == "nf4")
     merge_note = ("merged into the original (unquantized) base weights in " + describe_model(merged)["dtype"]
                   + ("; the adapter was trained against nf4-dequantized weights, so small differences are expected" if trained_nf4 else ""))
-    per_case = [case_parity(a, b) for a, b in zip(gens["adapter"], gens["merged"])]
+    per_case = [cached_parity[i] if i in cached_parity else case_parity(a, b) for i, (a, b) in enumerate(zip(gens["adapter"], gens["merged"]))]
+    if cache is not None:
+        cache.put_many("parity", [(parity_keys[i], p) for i, p in enumerate(per_case) if i not in cached_parity])
     ids = [r["id"] for r in records["adapter"]]
     parity = summarize_parity(ids, per_case, merge_note)
     if not parity["passed"]:
@@ -114,6 +136,7 @@ def run_pipeline(
         "parity": parity,
         "findings": findings,
         "timings": {"load_s": round(loaded - started, 3), "total_s": round(time.perf_counter() - started, 3)},
+        "cache": cache.stats() if cache is not None else None,
     }
     rows = []
     for i, case_id in enumerate(ids):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +151,33 @@ def test_pipeline_gates_promote_signoff_and_ledger(tiny_model_dir: Path, tmp_pat
     by_id = {c["id"]: c for c in champ}
     assert by_id["adapter.safety-vs-champion"]["n"] == 8 and by_id["adapter.safety-vs-champion"]["verdict"] == "pass"  # same adapter, same outputs
     assert by_id["adapter.tone-vs-champion"]["verdict"] == "fail" and by_id["adapter.tone-vs-champion"]["n"] == 0  # nothing scored is never a pass
+
+
+def test_result_cache_reuses_everything_and_reruns_only_a_changed_case(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from harness.models import resolve
+    from harness.pipeline import run_pipeline
+    from harness.runner import EvalOptions
+    from harness.suite import load_suite
+    from tests.test_pipeline import _adapter, _small_suite
+
+    suite_dir = _small_suite(tmp_path, n=6)
+    adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
+    options = EvalOptions(batch_size=4, progress=False, cache_path=tmp_path / "cache.sqlite")
+    ref = resolve(str(tiny_model_dir))
+    _, first = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="a")
+    assert all(first["variants"][v]["timings"]["generated_cases"] == 6 for v in ("base", "adapter", "merged"))
+    _, second = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="b")
+    assert all(second["variants"][v]["timings"]["generated_cases"] == 0 for v in ("base", "adapter", "merged"))
+    assert second["headline"] == first["headline"] and second["parity"]["token_agreement"] == first["parity"]["token_agreement"]
+
+    lines = (suite_dir / "cases.jsonl").read_text(encoding="utf-8").splitlines()
+    changed = json.loads(lines[2])
+    changed["prompt"] += " Cảm ơn shop."
+    lines[2] = json.dumps(changed, ensure_ascii=False)
+    (suite_dir / "cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _, third = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="c")
+    assert all(third["variants"][v]["timings"]["generated_cases"] == 1 for v in ("base", "adapter", "merged"))
+
+    other = _adapter(tmp_path / "x", tiny_model_dir, trained=False)  # different weights: never served from the cache
+    _, fourth = run_pipeline(load_suite(suite_dir), ref, other, tmp_path / "reports", options, run_id="d")
+    assert fourth["variants"]["adapter"]["timings"]["generated_cases"] == 6 and fourth["variants"]["base"]["timings"]["generated_cases"] == 0
