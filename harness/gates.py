@@ -157,7 +157,7 @@ def evaluate_gates(policy: GatePolicy, report: dict[str, Any], rows: list[dict[s
                     verdict = "pass" if ci[0] >= t else "fail" if ci[1] < t else "inconclusive"
                     why = f"{spec.metric} {k}/{n} = {k / n:.3f}, 95% Wilson interval [{ci[0]:.3f}, {ci[1]:.3f}] against lower-bound threshold {t}"
                 failed = [cid for cid, v in cand.items() if v < 1][:5]
-                checks.append(_check(spec, variant, verdict=verdict, n=n, value=k / n if n else None, ci95=list(ci) if ci else None, test="Wilson interval",
+                checks.append(_check(spec, variant, verdict=verdict, n=n, value=k / n if n else None, ci95=list(ci) if ci else None, test="Wilson interval", mde=mde(n, t, policy.alpha),
                                      explanation=why, worst_cases=[{"id": c, "why": _why(rows, variant, spec.metric, c)} for c in failed]))
                 continue
             if spec.kind == "zero_failures":

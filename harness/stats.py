@@ -54,8 +54,8 @@ def mde(n: int, baseline: float | None, alpha: float = ALPHA, power: float = POW
     """
     from statsmodels.stats.power import NormalIndPower
 
-    if n < 2:
-        return None
+    if n < 2 or (baseline is not None and baseline <= 0):
+        return None  # nothing can drop below zero
     h = float(NormalIndPower().solve_power(effect_size=None, nobs1=n, alpha=alpha, power=power, ratio=1.0, alternative="larger"))
     p = min(max(baseline if baseline is not None else 0.5, 1e-6), 1 - 1e-6)
     lowered = math.sin(max(2 * math.asin(math.sqrt(p)) - h, 0.0) / 2) ** 2
