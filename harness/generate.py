@@ -304,3 +304,66 @@ def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="generating", unit="case", disable=not enabled, leave=False)
+
+
+def replay_greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    chats: Sequence[list[dict[str, str]]],
+    known: Sequence[Generation],
+    batch_size: int = 16,
+    keep_logits: int = 0,
+) -> list[Generation | None]:
+    """Check in one forward pass per batch whether `model` would greedily produce each known output.
+
+    Feeding the known tokens and taking the argmax at every position proves, step by step, that greedy
+    decoding from the same prompt picks the same tokens and stops at the same place (an EOS stop is
+    checked too; JSON-end and length stops depend only on the tokens). A match returns the known
+    generation with this model's own logits; a mismatch returns None and the caller decodes that case.
+    Used for the merged model, which should reproduce the adapter, at the cost of one prefill instead of
+    a full decode.
+    """
+    from transformers import DynamicCache
+
+    prompts = encode_chats(tokenizer, chats)
+    eos_ids = set(_eos_ids(model, tokenizer))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    targets = [list(g.token_ids) + ([min(eos_ids)] if g.stop_reason == "eos" else []) for g in known]
+    prefix_len = _common_prefix_len(prompts) if len(prompts) > 1 else 0
+    model.eval()
+    prefix_kv = _prefill(model, [prompts[0][:prefix_len]], None, pad_id, device)[0] if prefix_len else None
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    head = model.get_output_embeddings()
+    out: list[Generation | None] = [None] * len(known)
+    order = sorted(range(len(known)), key=lambda i: len(prompts[i]) + len(targets[i]))
+    for start in range(0, len(order), max(1, batch_size)):
+        batch = order[start : start + batch_size]
+        rows = [prompts[i][prefix_len:] + targets[i] for i in batch]
+        longest = max(len(r) for r in rows)
+        ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), prefix_len + longest), dtype=torch.long)
+        mask[:, :prefix_len] = 1
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = torch.tensor(row)
+            mask[r, prefix_len : prefix_len + len(row)] = 1
+        cache = DynamicCache(config=model.config)
+        if prefix_kv is not None:
+            for layer_idx, (k, v) in enumerate(prefix_kv):
+                cache.update(k.expand(len(batch), -1, -1, -1).contiguous(), v.expand(len(batch), -1, -1, -1).contiguous(), layer_idx)
+        with torch.inference_mode():
+            hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache, use_cache=True).last_hidden_state
+            for r, i in enumerate(batch):
+                first = len(prompts[i]) - prefix_len - 1  # position whose output is the first generated token
+                steps = len(targets[i])
+                if steps == 0:
+                    continue
+                logits = head(hidden[r, first : first + steps]).float()
+                picked = logits.argmax(-1).tolist()
+                want = targets[i]
+                same = picked[: len(known[i].token_ids)] == want[: len(known[i].token_ids)]
+                if known[i].stop_reason == "eos":
+                    same = same and picked[-1] in eos_ids
+                if same:
+                    out[i] = replace(known[i], logits=logits[: max(1, min(keep_logits, len(known[i].token_ids)))].cpu().clone() if keep_logits else None)
+    return out

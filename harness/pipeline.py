@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.env import tokenizer_sha256, weights_sha256
+from harness.generate import replay_greedy
 from harness.errors import HarnessInputError, Problem
 from harness.gates import GatePolicy, evaluate_gates, flips
 from harness.promote import champion_rows
@@ -102,7 +103,15 @@ def run_pipeline(
     merge_started = time.perf_counter()
     merged = model.merge_and_unload()
     merge_s = time.perf_counter() - merge_started
-    records["merged"], m, t, gens["merged"] = evaluate(suite, merged, tokenizer, options, keep_logits=PARITY_STEPS, cache=cache, model_key=keys["merged"], regenerate=regenerate)
+    # The merged model should reproduce the adapter: prove it case by case with one forward pass each,
+    # and decode only the cases where it does not.
+    replay_started = time.perf_counter()
+    need = [i for i in range(len(cases)) if i not in cached_parity]
+    replayed = replay_greedy(merged, tokenizer, [suite.chat(cases[i]) for i in need], [gens["adapter"][i] for i in need], options.batch_size, PARITY_STEPS)
+    provided = {need[j]: g for j, g in enumerate(replayed) if g is not None}
+    replay_s = time.perf_counter() - replay_started
+    records["merged"], m, t, gens["merged"] = evaluate(suite, merged, tokenizer, options, keep_logits=PARITY_STEPS, cache=cache, model_key=keys["merged"], regenerate=regenerate, provided=provided)
+    t = {**t, "replay_s": round(replay_s, 3), "replay_mismatches": len(need) - len(provided)}
 
     rid = run_id or run_id_for(suite, f"{base_ref.spec}+{adapter_dir.parent.name}")
     run_dir = reports_dir / rid

@@ -165,9 +165,10 @@ def test_result_cache_reuses_everything_and_reruns_only_a_changed_case(tiny_mode
     options = EvalOptions(batch_size=4, progress=False, cache_path=tmp_path / "cache.sqlite")
     ref = resolve(str(tiny_model_dir))
     _, first = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="a")
-    assert all(first["variants"][v]["timings"]["generated_cases"] == 6 for v in ("base", "adapter", "merged"))
+    fresh = {v: first["variants"][v]["timings"]["generated_cases"] + first["variants"][v]["timings"]["replayed_cases"] for v in ("base", "adapter", "merged")}
+    assert fresh == {"base": 6, "adapter": 6, "merged": 6}
     _, second = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="b")
-    assert all(second["variants"][v]["timings"]["generated_cases"] == 0 for v in ("base", "adapter", "merged"))
+    assert all(second["variants"][v]["timings"]["cached_cases"] == 6 for v in ("base", "adapter", "merged"))
     assert second["headline"] == first["headline"] and second["parity"]["token_agreement"] == first["parity"]["token_agreement"]
 
     lines = (suite_dir / "cases.jsonl").read_text(encoding="utf-8").splitlines()
@@ -176,7 +177,7 @@ def test_result_cache_reuses_everything_and_reruns_only_a_changed_case(tiny_mode
     lines[2] = json.dumps(changed, ensure_ascii=False)
     (suite_dir / "cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _, third = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="c")
-    assert all(third["variants"][v]["timings"]["generated_cases"] == 1 for v in ("base", "adapter", "merged"))
+    assert all(third["variants"][v]["timings"]["cached_cases"] == 5 for v in ("base", "adapter", "merged"))
 
     other = _adapter(tmp_path / "x", tiny_model_dir, trained=False)  # different weights: never served from the cache
     _, fourth = run_pipeline(load_suite(suite_dir), ref, other, tmp_path / "reports", options, run_id="d")

@@ -62,3 +62,29 @@ def test_matches_plain_transformers_generate(tiny_model, tokenizer) -> None:  # 
         if tokenizer.eos_token_id in ref:
             ref = ref[: ref.index(tokenizer.eos_token_id)]
         assert list(gen.token_ids) == ref
+
+
+def test_replay_proves_identical_outputs_and_catches_a_different_model(tiny_model, tokenizer) -> None:  # noqa: ANN001
+    """The merged model is checked by replaying the adapter's tokens: same model -> every case proven; another -> caught."""
+    import copy
+
+    import torch
+
+    from harness.generate import replay_greedy
+
+    suite = load_suite(SUPPORT_VI)
+    chats = [suite.chat(c) for c in suite.cases[:6]]
+    settings = GenerationSettings(max_new_tokens=10, stop_at_json_end=True)
+    known = generate(tiny_model, tokenizer, chats, settings, batch_size=3, progress=False, keep_logits=4)
+    same = replay_greedy(tiny_model, tokenizer, chats, known, batch_size=4, keep_logits=4)
+    assert all(g is not None and g.token_ids == k.token_ids for g, k in zip(same, known))
+    for g, k in zip(same, known):
+        torch.testing.assert_close(g.logits, k.logits, rtol=1e-4, atol=1e-4)
+    other = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        other.model.layers[-1].mlp.down_proj.weight.normal_(0, 2.0)  # a badly merged layer
+        other.model.norm.weight.mul_(5)
+    own = generate(other, tokenizer, chats, settings, batch_size=3, progress=False)
+    verdicts = [g is not None for g in replay_greedy(other, tokenizer, chats, known, batch_size=4)]
+    assert verdicts == [o.token_ids == k.token_ids for o, k in zip(own, known)] and not all(verdicts)

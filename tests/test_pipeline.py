@@ -77,6 +77,8 @@ def test_pipeline_reports_three_variants_and_parity(tiny_model_dir: Path, tmp_pa
     assert set(report["variants"]) == {"base", "adapter", "merged"}
     assert report["parity"]["verdict"] == "pass" and report["parity"]["n_cases"] == 8
     assert report["parity"]["mean_kl"] < 1e-6
+    merged_t = report["variants"]["merged"]["timings"]
+    assert merged_t["replayed_cases"] == 8 and merged_t["replay_mismatches"] == 0 and merged_t["generated_cases"] == 0
     assert report["findings"] == []
     merged = run_dir / "merged"
     assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
