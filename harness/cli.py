@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--no-cache", action="store_true", help="generate everything again instead of reusing cached results")
     pl.add_argument("--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the suite, if any)")
     pl.add_argument("--strict", action="store_true", help="treat an inconclusive gate verdict as a failure (exit 1 instead of 3)")
+    pl.add_argument("--retention", nargs="?", const="golden/retention", default=None, metavar="TASKS_DIR",
+                    help="also run capability retention (lm-eval tasks, default golden/retention) on all three variants; adds minutes")
+    pl.add_argument("--retention-limit", type=_positive_int, default=None, help="only the first N items of each retention task")
 
     gt = sub.add_parser("gate", help="evaluate (or re-evaluate) the gate policy on an existing pipeline run")
     gt.add_argument("run", help="run id (folder name in the reports directory)")
@@ -142,7 +145,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     canaries = tuple((training or {}).get("canaries") or ())
     options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress, canaries=canaries, cache_path=None if args.no_cache else default_cache_path())
     policy = _policy(args.gates, suite.path)
-    run_dir, report = run_pipeline(suite, resolve(cfg.model), adapter, args.reports_dir, options, device=args.device, run_id=args.run_id, training=training, policy=policy)
+    run_dir, report = run_pipeline(suite, resolve(cfg.model), adapter, args.reports_dir, options, device=args.device, run_id=args.run_id, training=training, policy=policy,
+                                   retention_dir=Path(args.retention) if args.retention else None, retention_limit=args.retention_limit)
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {run_dir / 'report.json'}")
     errors = [f for f in report["findings"] if f["level"] == "error"]

@@ -35,6 +35,7 @@ class CheckSpec:
     margin: float = 0.0
     tags: tuple[str, ...] = ()
     description: str = ""
+    optional: bool = False  # retention only: a run without retention results has no such check (noted), not a failure
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,9 @@ def evaluate_gates(policy: GatePolicy, report: dict[str, Any], rows: list[dict[s
                                  worst_cases=[{"id": x["case"], "why": f"training line {x['line']}"} for x in leaks[:5]]))
             continue
         if spec.kind == "retention":
+            if not report.get("retention") and spec.optional:
+                notes.append(f"{spec.id}: capability retention was not run (harness pipeline --retention); no retention check this time")
+                continue
             checks += _retention_checks(spec, report, policy)
             continue
         for variant in spec.variants:

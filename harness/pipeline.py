@@ -55,6 +55,8 @@ def run_pipeline(
     run_id: str | None = None,
     training: dict[str, Any] | None = None,
     policy: GatePolicy | None = None,
+    retention_dir: Path | None = None,
+    retention_limit: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Evaluate the three variants; returns the run folder and the report."""
     from peft import PeftModel
@@ -94,11 +96,23 @@ def run_pipeline(
     variants: dict[str, Any] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     gens: dict[str, Any] = {}
+    retention: dict[str, Any] = {}
+
+    def retain(variant: str, m: Any) -> None:
+        """Capability retention (lm-eval) on the model as it is now, when asked for."""
+        if retention_dir is not None:
+            from harness.models import cache_dir
+            from harness.retention import run_retention
+
+            retention[variant] = run_retention(m, tokenizer, variant, retention_dir, cache_dir() / "lm_eval", limit=retention_limit, batch_size=options.batch_size, cache_key=keys[variant])
+
     with model.disable_adapter():
         records["base"], m, t, gens["base"] = evaluate(suite, model, tokenizer, options, cache=cache, model_key=keys["base"])
+        retain("base", model)
     variants["base"] = {"metrics": m, "timings": t, "weights_sha256": base_hash}
     records["adapter"], m, t, gens["adapter"] = evaluate(suite, model, tokenizer, options, keep_logits=PARITY_STEPS, cache=cache, model_key=keys["adapter"], regenerate=regenerate)
     variants["adapter"] = {"metrics": m, "timings": t, "weights_sha256": base_hash, "adapter_sha256": adapter_sha}
+    retain("adapter", model)
 
     merge_started = time.perf_counter()
     merged = model.merge_and_unload()
@@ -112,6 +126,7 @@ def run_pipeline(
     replay_s = time.perf_counter() - replay_started
     records["merged"], m, t, gens["merged"] = evaluate(suite, merged, tokenizer, options, keep_logits=PARITY_STEPS, cache=cache, model_key=keys["merged"], regenerate=regenerate, provided=provided)
     t = {**t, "replay_s": round(replay_s, 3), "replay_mismatches": len(need) - len(provided)}
+    retain("merged", merged)
 
     rid = run_id or run_id_for(suite, f"{base_ref.spec}+{adapter_dir.parent.name}")
     run_dir = reports_dir / rid
@@ -154,6 +169,7 @@ def run_pipeline(
         row["parity"] = per_case[i]
         rows.append(row)
     report["hygiene"] = (training or {}).get("hygiene")
+    report["retention"] = _retention_block(retention) if retention else None
     report["safety_findings"] = [
         {"variant": v, "case": row["id"], "detector": s["scorer"], "explanation": s["explanation"]}
         for row in rows for v in VARIANTS for s in row["variants"][v]["scores"] if s["scorer"].startswith("safety:") and s["value"] == 0.0
@@ -167,6 +183,22 @@ def run_pipeline(
     atomic_write_text(run_dir / "summary.md", pipeline_summary(report))
     atomic_write_json(run_dir / "report.json", report)
     return run_dir, report
+
+
+def _retention_block(results: dict[str, Any]) -> dict[str, Any]:
+    """Per variant and task: the rate with its Wilson interval and the per-item outcomes the gate pairs."""
+    from harness.stats import wilson
+
+    out: dict[str, Any] = {"variants": {}, "wall_s": {v: r["wall_s"] for v, r in results.items()}, "lm_eval": next(iter(results.values()))["lm_eval"]}
+    for variant, r in results.items():
+        block = {}
+        for task, res in r["tasks"].items():
+            items = {k: float(v) for k, v in res["items"].items()}
+            k = int(sum(items.values()))
+            ci = wilson(k, len(items))
+            block[task] = {"metric": res["metric"], "value": res["value"], "ci95": list(ci) if ci else None, "n": res["n"], "items": items, "version": res.get("version")}
+        out["variants"][variant] = block
+    return out
 
 
 def _fmt(v: float | None) -> str:
@@ -190,6 +222,11 @@ def pipeline_summary(report: dict[str, Any]) -> str:
     for v in VARIANTS:
         f = report["variants"][v]["metrics"]["overall"]["failures"]
         lines.append(f"- {v} format failures: " + ", ".join(f"{k} {n}" for k, n in f.items()))
+    ret = report.get("retention")
+    if ret:
+        lines += ["", "## Capability retention (lm-eval)", "", "| task | base | adapter | merged |", "|---|---|---|---|"]
+        for task in ret["variants"].get("base", {}):
+            lines.append(f"| {task} | " + " | ".join(_fmt(ret["variants"].get(v, {}).get(task, {}).get("value")) for v in VARIANTS) + " |")
     g = report.get("gates")
     if g:
         lines += ["", f"## Gates: **{g['verdict']}**", "", "| check | verdict | value | interval | explanation |", "|---|---|---|---|---|"]

@@ -30,6 +30,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--harness-reports-dir", default="reports", help="where run folders go (default: reports)")
     g.addoption("--harness-strict", action="store_true", help="an inconclusive gate fails")
     g.addoption("--harness-no-cache", action="store_true", help="do not reuse cached generations")
+    g.addoption("--harness-retention", default=None, help="also run capability retention with this lm-eval tasks folder (e.g. golden/retention)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -180,7 +181,8 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
         training = json.loads((candidate / "training_metadata.json").read_text(encoding="utf-8"))
     options = EvalOptions(progress=False, canaries=tuple((training or {}).get("canaries") or ()),
                           cache_path=None if config.getoption("--harness-no-cache") else default_path())
-    _, report = run_pipeline(suite, resolve(cfg.model), adapter, reports, options, training=training, policy=policy)
+    retention = config.getoption("--harness-retention")
+    _, report = run_pipeline(suite, resolve(cfg.model), adapter, reports, options, training=training, policy=policy, retention_dir=Path(retention) if retention else None)
     return report
 
 
