@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run eval test test-fast bench bench-train clean
+.PHONY: setup run eval gate app test test-fast bench bench-train bench-cache clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ run: setup
 ## Evaluate the embedded base model alone on golden/support_vi.
 eval: setup
 	$(BIN)/harness eval golden/support_vi
+
+## The demo gate as pytest items (runs the pipeline once, reusing the cached candidate and results).
+gate: setup
+	$(BIN)/python -m pytest golden/support_vi
+
+## Read-only report viewer on http://localhost:8501 (newest run first).
+app: $(STAMP)
+	$(BIN)/streamlit run streamlit_app.py
 
 ## All CPU tests: fast lane (tiny models) and slow lane (real embedded model). GPU tests skip without CUDA.
 test: setup

@@ -224,7 +224,7 @@ def append_signoff(reports_dir: Path, run_id: str, by: str, decision: str, note:
     if not isinstance(report, dict):
         raise HarnessInputError(Problem(str(report_path), "is not a JSON object", "re-run the evaluation to regenerate the report before signing it"))
     gates = report.get("gates")
-    verdict = gates.get("verdict") if isinstance(gates, dict) else None
+    verdict = gates.get("verdict") if isinstance(gates, dict) and isinstance(gates.get("verdict"), str) else None
 
     ledger = reports_dir / LEDGER_FILE
     with _locked(reports_dir):
@@ -232,8 +232,7 @@ def append_signoff(reports_dir: Path, run_id: str, by: str, decision: str, note:
         broken = _chain_problems(reports_dir, rows)
         if broken:
             raise HarnessInputError(
-                [Problem(str(ledger), p, "") for p in broken[:5]]
-                + [Problem(str(ledger), "is damaged, so no new sign-off was added", "investigate with verify_ledger and restore the ledger from a backup")]
+                [*broken[:5], Problem(str(ledger), "is damaged, so no new sign-off was added", "investigate with verify_ledger and restore the ledger from a backup")]
             )
         last = rows[-1][1] if rows else None
         entry: dict[str, Any] = {
