@@ -192,6 +192,17 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
 
     started = time.perf_counter()
     set_seed(cfg.seed)
+    config_hash = sha256_json({k: v for k, v in asdict(cfg).items() if k != "source"})[:12]
+    out = (root / cfg.output_dir / f"{cfg.name}-{config_hash}").resolve()
+    ckpt_dir = out / "checkpoints"
+    data_file = root / cfg.data.path if not Path(cfg.data.path).is_absolute() else Path(cfg.data.path)
+    file_sha = sha256_file(data_file) if data_file.is_file() else None
+    meta_file = out / "training_metadata.json"
+    if meta_file.is_file() and (out / "adapter" / "adapter_model.safetensors").is_file():
+        if json.loads(meta_file.read_text(encoding="utf-8")).get("data", {}).get("file_sha256") == file_sha:
+            if not quiet:
+                print(f"candidate {out} already trained with this exact config and data; reusing it (delete the folder to retrain)", file=sys.stderr)
+            return out
     prep = prepare(cfg, root)
     ref, tokenizer, data, findings, dist = prep.ref, prep.tokenizer, prep.data, prep.findings, prep.lengths
     if not quiet:
@@ -200,13 +211,6 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
 
     cuda = torch.cuda.is_available()
     precision = resolve_precision(cfg, cuda)
-    config_hash = sha256_json({k: v for k, v in asdict(cfg).items() if k != "source"})[:12]
-    out = (root / cfg.output_dir / f"{cfg.name}-{config_hash}").resolve()
-    ckpt_dir = out / "checkpoints"
-    if (out / "training_metadata.json").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file():
-        if not quiet:
-            print(f"candidate {out} already trained with this exact config; reusing it (delete the folder to retrain)", file=sys.stderr)
-        return out
     out.mkdir(parents=True, exist_ok=True)
 
     model = _load_model(ref, precision)
@@ -296,7 +300,7 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base_model": {"spec": cfg.model, "path": str(ref.path), "weights_sha256": weights_sha256(ref.path), "provenance": ref.provenance},
         "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors"),
-        "data": {"path": cfg.data.path, "sha256": data.sha256, "format": cfg.data.format, "examples": data.total, "train": len(data.train), "validation": len(data.validation)},
+        "data": {"path": cfg.data.path, "sha256": data.sha256, "file_sha256": file_sha, "format": cfg.data.format, "examples": data.total, "train": len(data.train), "validation": len(data.validation)},
         "token_lengths": dist,
         "hygiene": prep.hygiene,
         "canaries": list(prep.canaries),
