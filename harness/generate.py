@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from harness.suite import GenerationSettings
 
@@ -66,6 +66,19 @@ class JsonObjectTracker:
                 if self.depth == 0:
                     self.closed = True
         return self.closed
+
+
+class _KeepFirstLogits(LogitsProcessor):
+    """Keeps a copy of the next-token logits for the first n steps only (parity needs 16, not all 160)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.kept: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if len(self.kept) < self.n:
+            self.kept.append(scores.detach().float().cpu().clone())
+        return scores
 
 
 class _JsonEndCriteria(StoppingCriteria):
@@ -141,6 +154,7 @@ def generate(
         cache = _batch_cache(model, prefix_kv, prefix_len, suffixes, width, settings.max_new_tokens, pad_id, device)
         trackers = [JsonObjectTracker(piece_cache, tokenizer.decode) for _ in batch]
         criteria = StoppingCriteriaList([_JsonEndCriteria(trackers)]) if settings.stop_at_json_end else None
+        keeper = _KeepFirstLogits(keep_logits) if keep_logits > 0 else None
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
         with torch.inference_mode(), autocast:
             out = model.generate(
@@ -155,10 +169,10 @@ def generate(
                 stopping_criteria=criteria,
                 use_cache=True,
                 return_dict_in_generate=True,
-                output_logits=keep_logits > 0,
+                logits_processor=LogitsProcessorList([keeper]) if keeper is not None else None,
             )
         new = out.sequences[:, ids.shape[1] :].tolist()
-        step_logits = torch.stack(out.logits[:keep_logits], dim=1).float().cpu() if keep_logits > 0 else None
+        step_logits = torch.stack(keeper.kept, dim=1) if keeper is not None else None
         for row, idx in enumerate(batch):
             gen = _finish(new[row], eos_ids, settings.stop_at_json_end, tokenizer, piece_cache, len(prompts[idx]))
             if step_logits is not None:
