@@ -45,5 +45,9 @@ bench: setup
 bench-train: setup
 	$(BIN)/python benchmarks/bench_train.py
 
+## The full demo gate from scratch, then unchanged: the rerun's share of the first run's time.
+bench-cache: setup
+	$(BIN)/python benchmarks/bench_cache.py
+
 clean:
 	rm -rf $(VENV)

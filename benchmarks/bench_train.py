@@ -60,7 +60,8 @@ def ours(model_spec: str, steps: int) -> float:
 
     cfg = load_train_config(ROOT / "trainers/configs/demo.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = replace(cfg.with_overrides(model_spec, tmp, steps), training=replace(cfg.training, save_steps=10_000))
+        cfg = cfg.with_overrides(model_spec, tmp, steps)
+        cfg = replace(cfg, training=replace(cfg.training, save_steps=10_000))
         out = train(cfg, root=ROOT, quiet=True)
         meta = json.loads((out / "training_metadata.json").read_text(encoding="utf-8"))
         return float(meta["tokens_per_s"])

@@ -219,6 +219,16 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias=cfg.lora.bias, task_type="CAUSAL_LM",
         target_modules="all-linear" if list(cfg.lora.target_modules) == ["all-linear"] else list(cfg.lora.target_modules),
     )
+    # CUDA + nf4: LoRA attached by the fast path (compiled decoder layers, the last layers not
+    # checkpointed, replayable dropout; see docs/gpu.md), so TRL must neither wrap nor checkpoint again.
+    fast_cuda = cuda and precision["weights"] == "nf4"
+    if fast_cuda:
+        from trainers.cuda_path import decoder_layers, prepare_qlora_model
+
+        n_layers = len(decoder_layers(model))
+        keep = min(3, n_layers) if t.gradient_checkpointing else n_layers  # 3 unchecked layers fit seed000's shape in 80 GB
+        model = prepare_qlora_model(model, lora, keep_layers=keep, compile_layers=True)
+        precision["cuda_path"] = {"keep_layers": keep, "compile_layers": True}
     steps_per_epoch = max(1, -(-len(data.train) // (t.batch_size * t.grad_accum)))
     total_steps = t.max_steps if t.max_steps > 0 else int(steps_per_epoch * t.epochs + 0.999)
     # paged optimizers page optimizer state through CUDA unified memory; the CPU runs the plain equivalent
@@ -229,7 +239,7 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         use_cpu=not cuda,
         bf16=precision["autocast"] == "bf16",
         fp16=precision["autocast"] == "fp16",
-        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing=t.gradient_checkpointing and not fast_cuda,
         max_length=t.max_length,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -274,7 +284,7 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
 
     clock = _Clock()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                         peft_config=lora, data_collator=make_collator(tokenizer), callbacks=[clock])
+                         peft_config=None if fast_cuda else lora, data_collator=make_collator(tokenizer), callbacks=[clock])
     trainer.model.train()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
