@@ -18,6 +18,7 @@ checks:
   - {{id: merged-no-new-failures, kind: no_new_failures, metric: format_strict, baseline: adapter, variants: [merged]}}
   - {{id: safety-vs-champion, kind: no_new_failures, metric: safety, baseline: champion}}
   - {{id: merge-parity, kind: parity}}
+  - {{id: retention, kind: retention, baseline: base, optional: true}}
 """
 
 
@@ -36,12 +37,13 @@ def test_one_item_per_check_and_readable_failures(pytester: pytest.Pytester, tmp
     result = pytester.runpytest_subprocess(str(suite), "--harness-adapter", str(adapter), "--harness-model", str(tiny_model_dir),
                                 "--harness-reports-dir", str(tmp_path / "reports"), "--harness-no-cache", f"--junitxml={junit}", "-p", "no:cacheprovider", "-rs")
     # a random tiny adapter writes no JSON: the floor fails on both variants; merged matches adapter; parity holds; no champion yet
-    result.assert_outcomes(failed=2, passed=2, skipped=2)
+    result.assert_outcomes(failed=2, passed=2, skipped=4)  # 2 champion checks (no champion yet), 2 optional retention checks (not run)
     out = result.stdout.str()
     assert "gate adapter.format-floor: FAIL" in out and "Wilson interval" in out and "worst case" in out
     assert "no champion yet" in out and "gates fail" in out
     xml = junit.read_text(encoding="utf-8")
-    assert xml.count("<testcase") == 6 and "merge-parity" in xml
+    assert xml.count("<testcase") == 8 and "merge-parity" in xml
+    assert "capability retention was not run" in out
     assert result.ret == 1
 
 
