@@ -18,7 +18,7 @@ setup: $(STAMP)
 
 ## Main job: train the demo candidate on the embedded model, then evaluate base, adapter and merged.
 run: setup
-	$(BIN)/harness pipeline trainers/configs/demo.yaml
+	@$(BIN)/harness pipeline trainers/configs/demo.yaml || { code=$$?; echo "make run: the pipeline finished; exit code $$code is the gate verdict (1 fail, 3 inconclusive; 2 bad input): see the summary above"; exit $$code; }
 
 ## Evaluate the embedded base model alone on golden/support_vi.
 eval: setup
