@@ -118,8 +118,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    import json
-
     from harness.models import resolve
     from harness.pipeline import run_pipeline
     from harness.runner import EvalOptions
@@ -131,17 +129,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     if not suite_path:
         raise HarnessInputError(Problem(f"{args.config}: key 'eval_suite'", "missing", "name the golden suite to evaluate on, or pass --suite"))
     suite = load_suite(suite_path)
-    training = None
-    if args.adapter is not None:
-        adapter = args.adapter
-        meta = adapter.parent / "training_metadata.json"
-        training = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else None
-    else:
-        from trainers.sft_recipe import train
+    from trainers.sft_recipe import candidate_adapter
 
-        candidate = train(cfg)
-        adapter = candidate / "adapter"
-        training = json.loads((candidate / "training_metadata.json").read_text(encoding="utf-8"))
+    adapter, training = candidate_adapter(cfg, args.adapter)
     canaries = tuple((training or {}).get("canaries") or ())
     options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress, canaries=canaries, cache_path=None if args.no_cache else default_cache_path())
     policy = _policy(args.gates, suite.path)

@@ -170,17 +170,10 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
         raise HarnessInputError(Problem(f"{gates_file}: key 'pipeline'", "missing", "name the training preset to run, or pass --harness-config / --harness-run"))
     cfg = load_train_config(Path(preset)).with_overrides(config.getoption("--harness-model"))
     suite = load_suite(gates_file.parent)
-    adapter_opt = config.getoption("--harness-adapter")
-    if adapter_opt:
-        adapter = Path(adapter_opt)
-        meta = adapter.parent / "training_metadata.json"
-        training = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else None
-    else:
-        from trainers.sft_recipe import train
+    from trainers.sft_recipe import candidate_adapter
 
-        candidate = train(cfg)
-        adapter = candidate / "adapter"
-        training = json.loads((candidate / "training_metadata.json").read_text(encoding="utf-8"))
+    adapter_opt = config.getoption("--harness-adapter")
+    adapter, training = candidate_adapter(cfg, Path(adapter_opt) if adapter_opt else None)
     options = EvalOptions(progress=False, canaries=tuple((training or {}).get("canaries") or ()),
                           cache_path=None if config.getoption("--harness-no-cache") else default_path())
     retention = config.getoption("--harness-retention")

@@ -13,7 +13,7 @@ from harness.models import resolve
 from harness.pipeline import run_pipeline
 from harness.runner import EvalOptions
 from harness.suite import load_suite
-from tests.conftest import REPO, SUPPORT_VI
+from tests.conftest import SUPPORT_VI
 
 
 def _small_suite(tmp_path: Path, n: int = 8, max_new: int = 12, adversarial: int = 0) -> Path:

@@ -340,6 +340,14 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
     return out
 
 
+def candidate_adapter(cfg: TrainConfig, adapter: Path | None = None) -> tuple[Path, dict[str, Any] | None]:
+    """The adapter to evaluate and its training metadata: a given folder, or the preset's candidate (trained or reused)."""
+    if adapter is None:
+        adapter = train(cfg) / "adapter"
+    meta = adapter.parent / "training_metadata.json"
+    return adapter, json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else None
+
+
 def _peak_rss() -> int:
     import resource
 
