@@ -122,7 +122,7 @@ def test_pipeline_gates_promote_signoff_and_ledger(tiny_model_dir: Path, tmp_pat
     assert {"adapter.format-floor", "merged.format-floor", "merge-parity", "no-golden-leakage"} <= ids
     assert g["verdict"] == "fail"  # a random adapter on a tiny model produces no JSON, and no hygiene report exists
     assert next(c for c in g["checks"] if c["id"] == "no-golden-leakage")["verdict"] == "fail"
-    assert "no champion yet" in g["notes"][0]
+    assert any("no champion yet" in n for n in g["notes"])
     assert set(report["flips"]) == {"base->adapter", "adapter->merged"}
     assert report["variants"]["adapter"]["metrics"]["overall"]["scores"]["safety"]["n"] == 8
 
