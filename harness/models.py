@@ -204,6 +204,6 @@ def resolve(spec: str, allow_hub: bool = False) -> ModelRef:
         Problem(
             f"model {spec!r}",
             "not found: it is neither an embedded model nor an existing folder",
-            f"use {DEFAULT_MODEL!r}, a local model folder, or a hub id with --allow-hub",
+            f"use {DEFAULT_MODEL!r} or a local model folder (--model PATH); `harness eval` also takes a hub id with --allow-hub",
         )
     )
