@@ -165,27 +165,14 @@ def _print_gates(gates: dict[str, Any]) -> None:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    import json
+    from harness.io import atomic_write_json
+    from harness.promote import load_run, regate
 
-    from harness.gates import evaluate_gates
-    from harness.io import atomic_write_json, read_jsonl
-    from harness.promote import champion_rows, run_dir_of
-
-    run_dir = run_dir_of(args.reports_dir, args.run)
-    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-    if report.get("kind") != "pipeline":
-        raise HarnessInputError(Problem(str(run_dir / "report.json"), f"is a {report.get('kind')!r} report", "gates compare variants: pass a `harness pipeline` run"))
+    report = load_run(args.reports_dir, args.run)[1]
     policy = _policy(args.gates, Path(report["suite"]["path"]))
     if policy is None:
         raise HarnessInputError(Problem(report["suite"]["path"], "has no gates.yaml", "write one (see golden/README.md) or pass --gates"))
-    problems: list[Problem] = []
-    rows = [obj for _, obj in read_jsonl(run_dir / "cases.jsonl", problems)]
-    if problems:
-        raise HarnessInputError(problems)
-    champ_id, champ_rows = champion_rows(args.reports_dir)
-    if champ_id == args.run:
-        champ_id, champ_rows = None, None
-    report["gates"] = evaluate_gates(policy, report, rows, champ_rows, champ_id)
+    run_dir, report = regate(args.reports_dir, args.run, policy)
     atomic_write_json(run_dir / "report.json", report)
     _print_gates(report["gates"])
     return gate_exit_code(report["gates"]["verdict"], args.strict)

@@ -20,7 +20,6 @@ from harness.train_config import TrainConfig
 
 LR_WARN = 1e-3
 TRUNCATION_WARN = 0.02
-NEAR_DUPLICATE = 0.9
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ def diagnose(
 
 def golden_leakage(suite: Suite, examples: Sequence[Example]) -> list[Finding]:
     """Golden prompts found verbatim or nearly verbatim in training data make every score a lie."""
-    exact, near = find_leakage(suite, examples, NEAR_DUPLICATE)
+    exact, near = find_leakage(suite, examples)
     out = []
     if exact:
         pairs = [(e["line"], e["case"]) for e in exact]

@@ -220,13 +220,15 @@ def _local(config: JudgeConfig) -> tuple[Completion, dict[str, Any]]:
     if not (folder / "config.json").is_file():
         raise HarnessInputError(Problem("judge: key 'path'", f"{folder} is not a model folder (no config.json)", "give a local folder with config.json, *.safetensors and the tokenizer"))
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.env import weights_sha256
+    from harness.loading import Runtime, load_model, load_tokenizer
+    from harness.models import resolve
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+        ref = resolve(str(folder))
+        tokenizer = load_tokenizer(ref)
+        model = load_model(ref, Runtime.pick())
     except (OSError, ValueError) as exc:
         raise HarnessInputError(Problem("judge: key 'path'", f"{folder} could not be loaded ({exc})", "give a complete local model folder")) from None
     if not getattr(tokenizer, "chat_template", None):
@@ -241,7 +243,7 @@ def _local(config: JudgeConfig) -> tuple[Completion, dict[str, Any]]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def complete(messages: list[dict[str, str]], sample: int) -> str:
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(model.device)
         options: dict[str, Any] = {"max_new_tokens": config.max_new_tokens, "pad_token_id": pad, "do_sample": config.temperature > 0}
         if config.temperature > 0:
             options["temperature"] = config.temperature

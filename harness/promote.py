@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessInputError, Problem
+from harness.gates import GatePolicy, evaluate_gates
 from harness.io import atomic_write_json, read_jsonl
 from harness.ledger import run_report_path
 
@@ -29,15 +30,33 @@ def champion(reports_dir: Path) -> str | None:
     return str(run_id)
 
 
-def champion_rows(reports_dir: Path) -> tuple[str | None, list[dict[str, Any]] | None]:
-    run_id = champion(reports_dir)
-    if run_id is None:
-        return None, None
+def load_run(reports_dir: Path, run_id: str) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """A pipeline run's folder, report and per-case rows; a broken cases.jsonl is an input error."""
+    run_dir = run_dir_of(reports_dir, run_id)
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    if report.get("kind") != "pipeline":
+        raise HarnessInputError(Problem(str(run_dir / "report.json"), f"is a {report.get('kind')!r} report", "gates compare variants: pass a `harness pipeline` run"))
     problems: list[Problem] = []
-    rows = [obj for _, obj in read_jsonl(run_dir_of(reports_dir, run_id) / "cases.jsonl", problems)]
+    rows = [obj for _, obj in read_jsonl(run_dir / "cases.jsonl", problems)]
     if problems:
         raise HarnessInputError(problems)
-    return run_id, rows
+    return run_dir, report, rows
+
+
+def champion_rows(reports_dir: Path, exclude: str | None = None) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """The champion's id and rows; none when there is no champion or it is the run being judged."""
+    run_id = champion(reports_dir)
+    if run_id is None or run_id == exclude:
+        return None, None
+    return run_id, load_run(reports_dir, run_id)[2]
+
+
+def regate(reports_dir: Path, run_id: str, policy: GatePolicy) -> tuple[Path, dict[str, Any]]:
+    """Apply a gate policy to an existing run (against the current champion); the report is not written."""
+    run_dir, report, rows = load_run(reports_dir, run_id)
+    champ_id, champ_rows = champion_rows(reports_dir, exclude=run_id)
+    report["gates"] = evaluate_gates(policy, report, rows, champ_rows, champ_id)
+    return run_dir, report
 
 
 def promote(reports_dir: Path, run_id: str) -> dict[str, Any]:

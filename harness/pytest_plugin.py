@@ -8,7 +8,6 @@ xfail with the reason and make the session exit 3 (or fail with --harness-strict
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -143,11 +142,9 @@ def _session_report(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
 def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
     from harness.cache import default_path
     from harness.errors import Problem
-    from harness.gates import evaluate_gates
-    from harness.io import read_jsonl
     from harness.models import resolve
     from harness.pipeline import run_pipeline
-    from harness.promote import champion_rows, run_dir_of
+    from harness.promote import regate
     from harness.runner import EvalOptions
     from harness.suite import load_suite
     from harness.train_config import load_train_config
@@ -156,15 +153,7 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
     reports = Path(config.getoption("--harness-reports-dir"))
     existing = config.getoption("--harness-run")
     if existing:
-        run_dir = run_dir_of(reports, existing)
-        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-        problems: list[Problem] = []
-        rows = [obj for _, obj in read_jsonl(run_dir / "cases.jsonl", problems)]
-        champ_id, champ_rows = champion_rows(reports)
-        if champ_id == existing:
-            champ_id, champ_rows = None, None
-        report["gates"] = evaluate_gates(policy, report, rows, champ_rows, champ_id)
-        return report
+        return regate(reports, existing, policy)[1]
     preset = config.getoption("--harness-config") or policy.pipeline
     if not preset:
         raise HarnessInputError(Problem(f"{gates_file}: key 'pipeline'", "missing", "name the training preset to run, or pass --harness-config / --harness-run"))

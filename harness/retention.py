@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import sys
 import time
@@ -35,7 +34,7 @@ import yaml
 
 from harness.env import tokenizer_sha256
 from harness.errors import HarnessInputError, Problem
-from harness.io import atomic_write_json, read_jsonl
+from harness.io import atomic_write_json, read_jsonl, sha256_json
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -361,7 +360,7 @@ def _open_cache(cache_dir: Path, cache_key: str, model: PreTrainedModel | PeftMo
         "batch_size": batch_size,
         "lm_eval": lm_eval_version,
     }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    digest = sha256_json(identity)[:24]
     cache_dir.mkdir(parents=True, exist_ok=True)
     stem = cache_dir / f"retention-{digest}"
     atomic_write_json(stem.with_suffix(".json"), identity)

@@ -184,7 +184,8 @@ def run_eval(
     model = load_model(ref, runtime, trust_remote_code)
     loaded = time.perf_counter()
     cache = ResultCache(options.cache_path) if options.cache_path else None
-    model_key = f"model:{weights_sha256(ref.path)}:{describe_model(model)['dtype']}"
+    weights = weights_sha256(ref.path)
+    model_key = f"model:{weights}:{describe_model(model)['dtype']}"
     records, metrics, timings, _ = evaluate(suite, model, tokenizer, options, cache=cache, model_key=model_key)
     timings = {"load_s": round(loaded - started, 3), **timings, "total_s": round(time.perf_counter() - started, 3)}
     report: dict[str, Any] = {
@@ -192,7 +193,7 @@ def run_eval(
         "model": {
             "spec": ref.spec,
             "path": str(ref.path),
-            "weights_sha256": weights_sha256(ref.path),
+            "weights_sha256": weights,
             "tokenizer_sha256": tokenizer_sha256(tokenizer),
             "provenance": ref.provenance,
             **describe_model(model),

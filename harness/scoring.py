@@ -190,17 +190,12 @@ METRICS: dict[str, MetricSpec] = {
 
 def rate(values: list[float | None]) -> dict[str, Any]:
     """Mean over scored cases with its Wilson 95% interval; unscored cases are counted, not averaged."""
-    from statsmodels.stats.proportion import proportion_confint
+    from harness.stats import wilson
 
     scored = [v for v in values if v is not None]
     n, k = len(scored), sum(1 for v in scored if v >= 1.0)
-    out: dict[str, Any] = {"n": n, "passed": k, "unscored": len(values) - n}
-    if n == 0:
-        out.update(value=None, ci95=None)
-        return out
-    lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
-    out.update(value=k / n, ci95=[float(lo), float(hi)])
-    return out
+    ci = wilson(k, n)
+    return {"n": n, "passed": k, "unscored": len(values) - n, "value": k / n if n else None, "ci95": list(ci) if ci else None}
 
 
 def aggregate(records: list[dict[str, Any]], suite: Suite) -> dict[str, Any]:

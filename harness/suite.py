@@ -187,10 +187,8 @@ def load_suite(path: str | Path) -> Suite:
     contract_text = ""
     contract_name = raw.get("contract")
     if isinstance(contract_name, str):
-        contract_path = root / contract_name
-        if not contract_path.is_file():
-            problems.append(Problem(f"{suite_path}: key 'contract'", f"file {contract_path} does not exist", "create it or fix the path"))
-        else:
+        contract_path = _suite_file(root, suite_path, "contract", contract_name, "create it or fix the path", problems)
+        if contract_path is not None:
             contract_text = contract_path.read_text(encoding="utf-8")
             try:
                 contract = json.loads(contract_text)
@@ -219,9 +217,8 @@ def load_suite(path: str | Path) -> Suite:
         cases_names = []
     seen: dict[str, str] = {}
     for cases_name in cases_names or []:
-        cases_path = root / cases_name
-        if not cases_path.is_file():
-            problems.append(Problem(f"{suite_path}: key 'cases'", f"file {cases_path} does not exist", "create it or fix the path"))
+        cases_path = _suite_file(root, suite_path, "cases", cases_name, "create it or fix the path", problems)
+        if cases_path is None:
             continue
         cases_text += cases_path.read_text(encoding="utf-8", errors="replace") + "\0"
         loaded = _load_cases(cases_path, contract, labels, slices, problems, seen)
@@ -238,10 +235,8 @@ def load_suite(path: str | Path) -> Suite:
     tone_text = ""
     tone_name = raw.get("tone")
     if isinstance(tone_name, str):
-        tone_path = root / tone_name
-        if not tone_path.is_file():
-            problems.append(Problem(f"{suite_path}: key 'tone'", f"file {tone_path} does not exist", "create it or remove the key"))
-        else:
+        tone_path = _suite_file(root, suite_path, "tone", tone_name, "create it or remove the key", problems)
+        if tone_path is not None:
             tone_text = tone_path.read_text(encoding="utf-8")
             try:
                 tone = load_tone_contract(tone_path)
@@ -267,6 +262,15 @@ def load_suite(path: str | Path) -> Suite:
         label_values={label: _label_enum(contract, label) for label in labels},
         tone=tone,
     )
+
+
+def _suite_file(root: Path, suite_path: Path, key: str, name: str, fix: str, problems: list[Problem]) -> Path | None:
+    """The file a suite key names, relative to the suite folder; a missing one is recorded, not raised."""
+    path = root / name
+    if not path.is_file():
+        problems.append(Problem(f"{suite_path}: key {key!r}", f"file {path} does not exist", fix))
+        return None
+    return path
 
 
 def _load_cases(path: Path, contract: dict[str, Any], labels: list[str], slices: list[str], problems: list[Problem], seen: dict[str, str]) -> list[Case]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from harness.config import build, read_yaml
 from harness.errors import HarnessInputError, Problem
 from harness.extract import Extraction
+from harness.safety import fold
 from harness.score import Score
 
 if TYPE_CHECKING:
@@ -143,23 +144,6 @@ def _value_problems(c: ToneContract, path: Path) -> list[Problem]:
 # --- matching ---------------------------------------------------------------------------------------
 
 
-def _fold(text: str) -> str:
-    """Lower case without diacritics; đ becomes d (it has no combining mark to strip)."""
-    decomposed = unicodedata.normalize("NFD", text.lower().replace("đ", "d").replace("Đ", "d"))
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-
-
-def _folded_with_index(text: str) -> tuple[str, list[int]]:
-    """Fold per character, remembering where each folded character came from, to quote the original span."""
-    out: list[str] = []
-    index: list[int] = []
-    for i, ch in enumerate(text):
-        for f in _fold(ch):
-            out.append(f)
-            index.append(i)
-    return "".join(out), index
-
-
 def _pattern(words: list[str]) -> re.Pattern[str]:
     return re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)")
 
@@ -171,13 +155,13 @@ def find_phrase(text: str, phrase: str, language: str) -> str | None:
     if language != "vi":
         m = _pattern(phrase.split()).search(text.lower())
         return text[m.start() : m.end()] if m else None
-    folded, index = _folded_with_index(text)
+    folded = fold(text)  # one character per character of `text`, so a match's span quotes the original
     phrase_words = phrase.split()
-    phrase_is_bare = _fold(phrase) == phrase
-    for m in _pattern(_fold(phrase).split()).finditer(folded):
-        span = text[index[m.start()] : index[m.end() - 1] + 1]
+    phrase_is_bare = fold(phrase) == phrase
+    for m in _pattern(fold(phrase).split()).finditer(folded):
+        span = text[m.start() : m.end()]
         words = span.lower().split()
-        if phrase_is_bare or all(w == p or _fold(w) == w for w, p in zip(words, phrase_words)):
+        if phrase_is_bare or all(w == p or fold(w) == w for w, p in zip(words, phrase_words)):
             return span
     return None
 
