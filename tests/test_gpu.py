@@ -38,5 +38,5 @@ def test_qlora_preset_trains_through_the_recipe_on_cuda(tiny_model_dir, tmp_path
     out = train(cfg, root=REPO, quiet=True)
     meta = json.loads((out / "training_metadata.json").read_text(encoding="utf-8"))
     assert meta["precision"]["weights"] == "nf4" and meta["precision"]["device"] == "cuda" and meta["precision"]["double_quant"]
-    assert "cuda_path" in meta["precision"] and meta["steps"] == 2
+    assert meta["precision"]["cuda_path"]["compile_mode"] == "reduce-overhead" and meta["steps"] == 2
     assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -12,7 +12,9 @@ Measured against the seed recipe (`peft.prepare_model_for_kbit_training` + LoRA)
 - activation checkpointing inside that graph, told to recompute everything (left to choose, the
   compiler kept 0.15 GiB a layer more), with LoRA dropout masks drawn from a hash
   (`ReplayableDropout`) so that the recompute reproduces them exactly.
-- the last `keep_layers` layers are not checkpointed at all: the memory the seed's own peak allows
+- the last `keep_layers` layers are not checkpointed at all, and in the `save_mlp_layers` checkpointed
+  layers before them the recompute skips the two widest matmuls (gate and up projections: 74% of a
+  layer's recompute FLOPs for 39% of its activation memory): the memory the seed's own peak allows
   buys back part of the recompute.
 
 The frozen base stays 4-bit; the LoRA weights stay fp32 (the optimizer's master copy) and run in bf16
@@ -145,28 +147,66 @@ def use_replayable_dropout(peft_model: nn.Module) -> int:
     return swapped
 
 
-def compile_decoder_layers(model: nn.Module, recompute_all: bool = True) -> None:
+def compile_decoder_layers(model: nn.Module, recompute_all: bool = True, save_mlp_layers: int = 0, mode: str | None = None) -> None:
     """Compile each decoder layer, transformers' checkpoint included, with replayable LoRA dropout.
 
     The checkpointed region becomes part of the compiled graph, and `recompute_all` tags every op in it
     MUST_RECOMPUTE (a selective-checkpointing policy); left to the partitioner's own choice, the layer
     kept about 0.15 GiB more (measured with the 7B at 2 x 1024 tokens). The checkpoint cannot go
     outside the compiled call instead: torch.compile does not trace under the saved-tensor hooks that
-    non-reentrant checkpointing installs, and those layers ran eagerly. All layers share one compiled
-    graph per variant (checkpointed or not, train or eval).
+    non-reentrant checkpointing installs, and those layers ran eagerly. The last `save_mlp_layers`
+    checkpointed layers save the outputs of their gate and up projections instead (`MlpSavePolicy`).
+    Layers with the same policy share one compiled graph (checkpointed or not, train or eval). `mode`
+    is torch.compile's (None: the default; "reduce-overhead": CUDA graphs).
     """
     from functools import partial
 
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
+    if mode == "reduce-overhead":
+        # CUDA graphs recorded for an earlier model replay that model's weight addresses: after it is
+        # freed, a graph reused for this one crashed the process (seen on the H100 with a second model
+        # of the same shape). Start from nothing; this recompiles every graph in the process.
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+        torch._dynamo.reset()
+        reset_cudagraph_trees()
     # the default recompile limit (8) would send the layers past it back to eager without saying so
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     use_replayable_dropout(model)
-    for layer in decoder_layers(model):
-        if recompute_all and layer.gradient_checkpointing:
-            context = partial(create_selective_checkpoint_contexts, _recompute_everything)
-            layer._gradient_checkpointing_func = partial(checkpoint, **CHECKPOINT_KWARGS, context_fn=context)
-        layer.compile()
+    layers = decoder_layers(model)
+    checkpointed = [layer for layer in layers if layer.gradient_checkpointing]
+    if not 0 <= save_mlp_layers <= len(checkpointed):
+        raise ValueError(f"save_mlp_layers={save_mlp_layers} must be between 0 and the {len(checkpointed)} checkpointed layers")
+    config = model.config if hasattr(model, "config") else None
+    # one function object per policy: dynamo guards on it, so every layer of a policy reuses one graph
+    recompute = partial(checkpoint, **CHECKPOINT_KWARGS, context_fn=partial(create_selective_checkpoint_contexts, _recompute_everything))
+    save_mlp = None
+    if save_mlp_layers:
+        policy = MlpSavePolicy(int(config.hidden_size), int(config.intermediate_size))
+        save_mlp = partial(checkpoint, **CHECKPOINT_KWARGS, context_fn=partial(create_selective_checkpoint_contexts, policy))
+    first_saving = len(checkpointed) - save_mlp_layers
+    for i, layer in enumerate(checkpointed):
+        if save_mlp is not None and i >= first_saving:
+            layer._gradient_checkpointing_func = save_mlp
+        elif recompute_all:
+            layer._gradient_checkpointing_func = recompute
+    for layer in layers:
+        layer.compile(mode=mode)
+    if mode == "reduce-overhead":
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.get_decoder().register_forward_pre_hook(_new_cuda_graph_step, with_kwargs=True)
+
+
+def _new_cuda_graph_step(module: nn.Module, args: Any, kwargs: Any) -> None:
+    """Tell CUDA graph trees that a model call starts a new iteration.
+
+    Their outputs live in a shared pool and are overwritten by the next iteration; without the mark,
+    the trees guess where iterations start, and under TRL's trainer they guessed wrong (a layer's input
+    was reported overwritten on the H100). One forward and its backward per iteration is how every
+    trainer step runs.
+    """
+    torch.compiler.cudagraph_mark_step_begin()
 
 
 def _recompute_everything(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
@@ -175,12 +215,44 @@ def _recompute_everything(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
     return CheckpointPolicy.MUST_RECOMPUTE
 
 
-def prepare_qlora_model(model: Any, lora_config: Any, keep_layers: int = 0, compile_layers: bool = False) -> Any:
+class MlpSavePolicy:
+    """Selective checkpointing: save the base matmuls that make the MLP's wide activations, recompute the rest.
+
+    Why these: in a checkpointed layer's backward, recomputing gate_proj and up_proj (hidden x
+    intermediate each) is 74% of the recompute of a Mistral layer, and their outputs are 2 x tokens x
+    intermediate values. Recognised by shape, from the hidden width to the intermediate width: an
+    `mm` (bf16 weights) or bitsandbytes' fused `gemm_4bit` (nf4 weights on CUDA, where the policy
+    never sees an `mm`: a probe on the H100 found only that op). LoRA's own matmuls (rank-wide
+    inputs) stay recomputed.
+    """
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        self.hidden = hidden
+        self.intermediate = intermediate
+
+    def __call__(self, ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+        from torch.utils.checkpoint import CheckpointPolicy
+
+        if op in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+            inner, out = args[-2].shape[-1], args[-1].shape[-1]
+        elif getattr(op, "name", lambda: "")() == "bitsandbytes::gemm_4bit":
+            inner, out = args[0].shape[-1], int(args[2][0])  # gemm_4bit(A, B, shapeB=[out, in], ...)
+        else:
+            return CheckpointPolicy.MUST_RECOMPUTE
+        if inner == self.hidden and out == self.intermediate:
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.MUST_RECOMPUTE
+
+
+def prepare_qlora_model(
+    model: Any, lora_config: Any, keep_layers: int = 0, compile_layers: bool = False, save_mlp_layers: int = 0, compile_mode: str | None = None,
+) -> Any:
     """Wrap a loaded nf4 (or bf16) causal LM in LoRA for training, the fast way; returns the PeftModel.
 
     `keep_layers`: decoder layers, counted from the last, that skip activation checkpointing (0
     checkpoints them all, the layer count none). `compile_layers`: compile each decoder layer
-    (`compile_decoder_layers`). Hand the result to the trainer as the model, with no `peft_config` and
+    (`compile_decoder_layers`); `save_mlp_layers` (compiled only): checkpointed layers, just before
+    the kept ones, that save their gate/up projection outputs instead of recomputing them. Hand the result to the trainer as the model, with no `peft_config` and
     with `gradient_checkpointing=False` in its arguments, so that nothing prepares it a second time.
     """
     from peft import get_peft_model
@@ -191,6 +263,8 @@ def prepare_qlora_model(model: Any, lora_config: Any, keep_layers: int = 0, comp
     set_activation_checkpointing(model, keep_layers)
     peft_model = get_peft_model(model, lora_config)
     peft_model.train()
+    if save_mlp_layers and not compile_layers:
+        raise ValueError("save_mlp_layers needs compile_layers=True: the policy is applied inside the compiled graph")
     if compile_layers:
-        compile_decoder_layers(peft_model)
+        compile_decoder_layers(peft_model, save_mlp_layers=save_mlp_layers, mode=compile_mode)
     return peft_model

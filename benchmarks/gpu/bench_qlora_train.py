@@ -12,8 +12,9 @@ batch 2 x 1024 tokens, LoRA r8/alpha16/dropout 0.05 on q,k,v,o,gate,up,down, bf1
 Tokens/s counts every token of the timed steps (no padding) over their wall time; peak is
 torch.cuda.max_memory_allocated over the steps, weights included.
 
-    python benchmarks/gpu/bench_qlora_train.py [--keep auto|N] [--family compiled] [--loss hf|chunked] [--json OUT.json]
+    python benchmarks/gpu/bench_qlora_train.py [--keep auto|N] [--compile-mode reduce-overhead|default] [--family compiled] [--loss hf|chunked] [--json OUT.json]
     python benchmarks/gpu/bench_qlora_train.py --sweep compiled,compiled+chunked,eager --steps 20 --warmup 5
+    python benchmarks/gpu/bench_qlora_train.py --grid 3:0,0:7,2:4 --steps 20 --warmup 5   # KEEP:SAVE_MLP pairs
 """
 
 from __future__ import annotations
@@ -41,19 +42,21 @@ CALIBRATION_KEEP = 4
 FAMILIES = ("eager", "compiled", "compiled-prefer", "compiled-nn-dropout")
 
 
-def family_prepare(family: str, keep: int) -> Callable[[Any], Any]:
+def family_prepare(family: str, keep: int, save_mlp: int = 0, compile_mode: str | None = None) -> Callable[[Any], Any]:
     """How a harness configuration prepares the model.
 
     eager: `prepare_qlora_model` without compilation. compiled: with `compile_layers` (compiled layers,
     checkpoint in the graph, everything in it recomputed, replayable LoRA dropout). compiled-prefer:
     the same, with the partitioner left to choose what to save. compiled-nn-dropout: that, keeping
-    torch's random dropout.
+    torch's random dropout. `compile_mode` is torch.compile's for the compiled family (the recipe
+    uses reduce-overhead: CUDA graphs).
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
 
     def prepare(model: Any) -> Any:
-        peft_model = prepare_qlora_model(model, seed_lora_config(), keep_layers=keep, compile_layers=family == "compiled")
+        peft_model = prepare_qlora_model(model, seed_lora_config(), keep_layers=keep, compile_layers=family == "compiled",
+                                         save_mlp_layers=save_mlp if family == "compiled" else 0, compile_mode=compile_mode)
         if family == "compiled-prefer":
             compile_decoder_layers(peft_model, recompute_all=False)
         if family == "compiled-nn-dropout":
@@ -104,12 +107,14 @@ class Bench:
         self.save()
         return res
 
-    def harness(self, keep: int, family: str, loss: str = "hf") -> TrainResult | None:
-        name = f"harness {family} keep={keep}{' chunked-ce' if loss == 'chunked' else ''}"
+    def harness(self, keep: int, family: str, loss: str = "hf", save_mlp: int = 0) -> TrainResult | None:
+        mode = self.args.compile_mode if family == "compiled" else None
+        name = f"harness {family}{'/' + mode if mode else ''} keep={keep}{f' save-mlp={save_mlp}' if save_mlp else ''}{' chunked-ce' if loss == 'chunked' else ''}"
         if family != self.last_family:
             torch._dynamo.reset()  # compiled graphs depend on the family's settings; start clean
             self.last_family = family
-        return self.run(name, family_prepare(family, keep), {"recipe": "harness", "family": family, "keep_layers": keep}, loss)
+        settings = {"recipe": "harness", "family": family, "keep_layers": keep, "save_mlp_layers": save_mlp, "compile_mode": mode}
+        return self.run(name, family_prepare(family, keep, save_mlp, mode), settings, loss)
 
     def auto_keep(self, budget: float, family: str, loss: str = "hf") -> TrainResult | None:
         """Calibrate memory per kept layer, then keep as many layers as fit under `budget` (GiB)."""
@@ -173,6 +178,10 @@ def main() -> int:
     ap.add_argument("--loss", choices=["hf", "chunked"], default="hf", help="harness loss: the model's own, or chunked cross-entropy")
     ap.add_argument("--sweep", default="", help="instead of one harness configuration, these families, each with --keep auto: "
                     "comma list of FAMILY or FAMILY+chunked, e.g. compiled,compiled+chunked,eager")
+    ap.add_argument("--grid", default="", help="instead of one harness configuration, these KEEP:SAVE_MLP pairs of the compiled family, e.g. 3:0,2:4,0:7")
+    ap.add_argument("--save-mlp", type=int, default=0, help="checkpointed layers that save their gate/up outputs (compiled family, with a numeric --keep)")
+    ap.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode for the compiled family: reduce-overhead (CUDA graphs, "
+                    "the recipe's) or default")
     ap.add_argument("--profile", type=Path, default=None, help="folder: one-step kernel profiles of the seed and of the harness recipe (keep 0)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -194,14 +203,18 @@ def main() -> int:
         profile(bench, "seed", lambda m: seed_prepare(m, seed_lora_config()), args.profile / "profile_seed.txt")
         profile(bench, f"harness {args.family} keep=0", family_prepare(args.family, 0), args.profile / f"profile_{args.family}.txt")
 
-    if args.sweep:
+    if args.grid:
+        for pair in args.grid.split(","):
+            keep, _, save = pair.strip().partition(":")
+            bench.harness(int(keep), "compiled", args.loss, int(save or 0))
+    elif args.sweep:
         for item in args.sweep.split(","):
             family, _, loss = item.strip().partition("+")
             bench.auto_keep(budget, family, loss or "hf")
     elif args.keep == "auto":
         bench.auto_keep(budget, args.family, args.loss)
     else:
-        bench.harness(int(args.keep), args.family, args.loss)
+        bench.harness(int(args.keep), args.family, args.loss, args.save_mlp)
 
     fitting = [r for r in bench.results if r.settings["recipe"] == "harness" and r.peak_gib <= budget]
     print("\n| configuration | tokens/s | peak GiB | vs seed |")

@@ -95,8 +95,13 @@ def seed_prepare(model: nn.Module, lora_config: Any) -> nn.Module:
 
 
 def free_memory() -> None:
+    """Release what the last configuration held, its CUDA graph memory pool included."""
     gc.collect()
     if torch.cuda.is_available():
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+        reset_cudagraph_trees()
+        gc.collect()
         torch.cuda.empty_cache()
 
 
