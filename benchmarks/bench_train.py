@@ -5,7 +5,7 @@ lr 2e-4, LoRA r16/alpha32 on q,k,v,o, dropout 0.05, fp32 weights; CPU needs use_
 (`trainers/configs/demo.yaml`) as `harness train` runs it. Both train the same number of examples.
 Tokens/s counts non-padding input tokens over the training steps' wall time.
 
-    python benchmarks/bench_train.py [--steps 3] [--model smollm2-135m-instruct]
+    python benchmarks/bench_train.py [--steps 6] [--model smollm2-135m-instruct]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def ours(model_spec: str, steps: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--steps", type=int, default=3, help="optimizer steps of the demo recipe (batch 8); the reference trains as many examples")
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps of the demo recipe (batch 8); the reference trains as many examples")
     args = ap.parse_args()
     batch = load_train_config(ROOT / "trainers/configs/demo.yaml").training.batch_size
     ours_tps = ours(args.model, args.steps)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import shutil
 from pathlib import Path
@@ -128,18 +130,44 @@ def test_scoring_labelled_positions_only_changes_no_loss_or_gradient(tiny_model_
     labels = ids.clone()
     labels[:, :16] = -100
 
-    def run() -> tuple[torch.Tensor, torch.Tensor]:
+    def run() -> tuple[torch.Tensor, torch.Tensor, Any]:
         model.zero_grad()
         out = model(input_ids=ids, labels=labels, fused_lm_head=True)
         out.loss.backward()
-        return out.loss.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+        return out.loss.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone(), out
 
-    default_loss, default_grad = run()
-    with labelled_positions_only(cuda=False) as what:
-        loss, grad = run()
-    assert what == "labelled positions only"
-    torch.testing.assert_close(loss, default_loss)
-    torch.testing.assert_close(grad, default_grad)
     import trl.trainer.utils as trl_utils
 
+    chunked = trl_utils._ChunkedLogProbFunction
+    default_loss, default_grad, default_out = run()
+    with labelled_positions_only(cuda=False) as what:
+        loss, grad, out = run()
+    assert what == "labelled positions only, unchunked"
+    torch.testing.assert_close(loss, default_loss)
+    torch.testing.assert_close(grad, default_grad)
+    mask = labels[:, 1:] != -100
+    torch.testing.assert_close(out.log_probs[mask], default_out.log_probs[mask])
+    torch.testing.assert_close(out.entropy[mask], default_out.entropy[mask], rtol=1e-4, atol=1e-4)
+    assert torch.equal(out.is_top1[mask], default_out.is_top1[mask]), "the accuracy metric is unchanged"
     assert trl_utils._use_triton(torch.device("cpu")) is False, "the patch must be undone after training"
+    assert trl_utils._ChunkedLogProbFunction is chunked
+
+
+def test_direct_log_prob_falls_back_to_chunks_when_the_logits_are_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainers.sft_recipe import DirectLogProb
+
+    calls: list[int] = []
+
+    class Chunked:
+        @staticmethod
+        def apply(hidden: torch.Tensor, *args: Any) -> tuple[Any, ...]:
+            calls.append(hidden.shape[0])
+            return (torch.zeros(hidden.shape[0]),) + (None,) * 4
+
+    direct = DirectLogProb(Chunked)
+    monkeypatch.setattr(DirectLogProb, "MAX_ELEMENTS", 10 * 32)
+    weight, targets = torch.randn(32, 8), torch.zeros(11, dtype=torch.long)
+    direct.apply(torch.randn(10, 8), weight, None, targets[:10], 1.0, 4, None, 1.0, ("entropy",))
+    assert calls == []
+    direct.apply(torch.randn(11, 8), weight, None, targets, 1.0, 4, None, 1.0, ("entropy",))
+    assert calls == [11]
