@@ -37,7 +37,7 @@ gguf: $(STAMP)
 	@run=$$(ls -d reports/*/merged 2>/dev/null | sort | tail -n 1); \
 	test -n "$$run" || { echo "make gguf: no reports/*/merged yet; run 'make run' first"; exit 2; }; \
 	conv=$$(PYTHON=$(BIN)/python scripts/fetch_llama_cpp_converter.sh) && \
-	$(BIN)/python scripts/gguf_check.py "$$run" --converter "$$conv" --outfile "$${run%/merged}/merged-f16.gguf"
+	$(BIN)/harness gguf "$$run" --converter "$$conv" --outfile "$${run%/merged}/merged-f16.gguf"
 
 ## All CPU tests: fast lane (tiny models) and slow lane (real embedded model). GPU tests skip without CUDA.
 test: setup

@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check a training preset for known pitfalls without training")
     doc.add_argument("config")
     doc.add_argument("--model", default=None, help="override the preset's model")
+
+    gg = sub.add_parser("gguf", help="convert a merged model folder with llama.cpp's converter and check the GGUF (exit 1 if it fails)")
+    gg.add_argument("merged", type=Path, help="merged model folder (e.g. reports/<run>/merged)")
+    gg.add_argument("--converter", default=None, help="PATH/convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERTER, else the one scripts/fetch_llama_cpp_converter.sh put in the cache)")
+    gg.add_argument("--outtype", default="f16", help="GGUF tensor type: f32, f16, bf16 or q8_0 (default f16)")
+    gg.add_argument("--outfile", type=Path, default=None, help="keep the GGUF here (default: a temporary file, deleted)")
+    gg.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to the converter (default 600)")
     return parser
 
 
@@ -209,6 +216,20 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
     return EXIT_OK if not problems else EXIT_GATE_FAILED
 
 
+def _cmd_gguf(args: argparse.Namespace) -> int:
+    from harness.gguf_export import ConversionError, convert_and_check, render
+
+    try:
+        result = convert_and_check(args.merged, args.converter, args.outtype, args.outfile, args.timeout)
+    except ConversionError as exc:
+        print(f"harness gguf: conversion failed: {exc}", file=sys.stderr)
+        if exc.stderr_tail:
+            print(f"--- last converter stderr lines ---\n{exc.stderr_tail}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    print(render(result))
+    return EXIT_OK
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from harness.train_config import load_train_config
     from trainers.sft_recipe import prepare, raise_on_errors, report_findings
@@ -264,7 +285,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"models": _cmd_models, "check": _cmd_check, "eval": _cmd_eval, "train": _cmd_train, "doctor": _cmd_doctor, "pipeline": _cmd_pipeline,
-                "gate": _cmd_gate, "promote": _cmd_promote, "signoff": _cmd_signoff, "ledger": _cmd_ledger}
+                "gate": _cmd_gate, "promote": _cmd_promote, "signoff": _cmd_signoff, "ledger": _cmd_ledger, "gguf": _cmd_gguf}
     try:
         return handlers[args.command](args)
     except HarnessInputError as exc:

