@@ -3,7 +3,11 @@
 Reference: TRL SFTTrainer with SFTConfig defaults except the lesson's settings (batch 1, accumulation 8,
 lr 2e-4, LoRA r16/alpha32 on q,k,v,o, dropout 0.05, fp32 weights; CPU needs use_cpu). Ours: the recipe
 (`trainers/configs/demo.yaml`) as `harness train` runs it. Both train the same number of examples.
-Tokens/s counts non-padding input tokens over the training steps' wall time.
+Tokens/s counts non-padding input tokens over the training steps' wall time, first step included.
+Each side trains in its own fresh process, one after the other: process-wide state that one side sets
+(the recipe's allocator settings, thread pools, caches) cannot help or hurt the other. The reference runs
+as a TRL user would, with PyTorch's default environment (THP_MEM_ALLOC_ENABLE=0); the recipe with the
+process settings the harness applies, which the output lists.
 
     python benchmarks/bench_train.py [--steps 6] [--model smollm2-135m-instruct]
 """
@@ -11,18 +15,21 @@ Tokens/s counts non-padding input tokens over the training steps' wall time.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.train_config import load_train_config  # noqa: E402
+from harness.train_config import load_train_config  # noqa: E402  (harness first: it sets torch's allocator flag)
+
+import torch  # noqa: E402
 
 
 def reference(model_spec: str, examples: int) -> float:
@@ -53,9 +60,7 @@ def reference(model_spec: str, examples: int) -> float:
         return trainer.state.num_input_tokens_seen / seconds
 
 
-def ours(model_spec: str, steps: int) -> float:
-    import json
-
+def ours(model_spec: str, steps: int) -> tuple[float, dict[str, object]]:
     from trainers.sft_recipe import train
 
     cfg = load_train_config(ROOT / "trainers/configs/demo.yaml")
@@ -64,21 +69,39 @@ def ours(model_spec: str, steps: int) -> float:
         cfg = replace(cfg, training=replace(cfg.training, save_steps=10_000))
         out = train(cfg, root=ROOT, quiet=True)
         meta = json.loads((out / "training_metadata.json").read_text(encoding="utf-8"))
-        return float(meta["tokens_per_s"])
+        return float(meta["tokens_per_s"]), meta["precision"]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps of the demo recipe (batch 8); the reference trains as many examples")
+    ap.add_argument("--side", choices=("ours", "reference"), help=argparse.SUPPRESS)  # one side, in a child process
     args = ap.parse_args()
     batch = load_train_config(ROOT / "trainers/configs/demo.yaml").training.batch_size
-    ours_tps = ours(args.model, args.steps)
-    ref_tps = reference(args.model, args.steps * batch)
+    if args.side:
+        tps, ran = ours(args.model, args.steps) if args.side == "ours" else (reference(args.model, args.steps * batch), {})
+        print(json.dumps({"tokens_per_s": tps, "ran": ran}))
+        return 0
+    (ours_tps, ran), (ref_tps, _) = (_child(side, args.model, args.steps) for side in ("ours", "reference"))
+    print("recipe ran:      " + ", ".join(f"{k}={ran[k]}" for k in ("weights", "autocast", "attention", "casts", "lm_head", "allocator", "huge_pages") if k in ran))
     print(f"harness recipe: {ours_tps:.1f} tokens/s")
     print(f"reference:      {ref_tps:.1f} tokens/s (TRL defaults, fp32, batch 1 x 8, r16 q,k,v,o)")
     print(f"ratio:          {ours_tps / ref_tps:.2f}x  (target >= 3.5x)")
     return 0
+
+
+def _child(side: str, model: str, steps: int) -> tuple[float, dict[str, object]]:
+    """One side's tokens/s and what ran, trained in a fresh interpreter; its log goes to stderr."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--model", model, "--steps", str(steps)]
+    env = dict(os.environ)
+    if side == "reference":
+        env["THP_MEM_ALLOC_ENABLE"] = "0"  # PyTorch's default, as a TRL user runs it
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_train: the {side} side failed (exit {done.returncode}); its log is above")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return float(result["tokens_per_s"]), result["ran"]
 
 
 if __name__ == "__main__":

@@ -8,8 +8,14 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from harness import attention
 from harness.errors import HarnessInputError, Problem
 from harness.models import ModelRef
+
+
+def attention_for(device: str) -> str:
+    """The attention function evaluation runs with: the trimmed decode path on CPU (harness.attention)."""
+    return "sdpa" if device.startswith("cuda") else attention.NAME
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False) -> PreTrained
 def load_model(ref: ModelRef, runtime: Runtime, trust_remote_code: bool = False) -> PreTrainedModel:
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            ref.path, dtype=runtime.dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            ref.path, dtype=runtime.dtype, use_safetensors=True, trust_remote_code=trust_remote_code, attn_implementation=attention_for(runtime.device)
         )
     except Exception as exc:  # noqa: BLE001
         raise HarnessInputError(Problem(str(ref.path), f"model could not be loaded ({type(exc).__name__}: {str(exc)[:300]})", "pass a causal-LM folder with config.json and safetensors weights")) from None

@@ -18,7 +18,7 @@ from harness.io import sha256_json
 from harness.cache import ResultCache, generation_key, scores_key
 from harness.extract import extract_json
 from harness.generate import Generation, generate
-from harness.loading import Runtime, describe_model, load_model, load_tokenizer
+from harness.loading import Runtime, attention_for, describe_model, load_model, load_tokenizer
 from harness.models import ModelRef
 from harness.report import write_report
 from harness.scoring import METRICS, aggregate, build_scorers, score_case, scorer_versions
@@ -44,7 +44,7 @@ def scoring_hash(suite: Suite) -> str:
 
 
 def generation_keys(suite: Suite, cases: Sequence[Case], chats: Sequence[list[dict[str, str]]], model_key: str, tokenizer_hash: str, options: EvalOptions, device: str) -> list[str]:
-    settings = {**asdict(suite.generation), "precision": options.precision, "device": device}
+    settings = {**asdict(suite.generation), "precision": options.precision, "device": device, "attention": attention_for(device)}
     return [generation_key(model_key, tokenizer_hash, settings, chat, case.content_hash) for case, chat in zip(cases, chats)]
 
 
