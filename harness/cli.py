@@ -12,6 +12,8 @@ from harness.errors import HarnessInputError, Problem
 from harness.cache import default_path as default_cache_path
 from harness.gates import exit_code as gate_exit_code
 
+GENERATION_BATCH = 160  # harness.runner.EvalOptions.batch_size; kept here so that --help imports no torch
+
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
 
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, local folder, or hub id with --allow-hub")
     ev.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where run folders go (default: reports)")
     ev.add_argument("--run-id", default=None, help="name of the run folder (default: time, suite and model)")
-    ev.add_argument("--batch-size", type=_positive_int, default=64, help="cases per generation batch (default 64)")
+    ev.add_argument("--batch-size", type=_positive_int, default=GENERATION_BATCH, help=f"cases per generation batch (default {GENERATION_BATCH})")
     ev.add_argument("--precision", choices=["float32", "bf16-autocast"], default="float32", help="CPU precision (float32 measured fastest here)")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ev.add_argument("--limit", type=_positive_int, default=None, help="only the first N cases (smoke runs)")
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--suite", default=None, help="override the preset's eval_suite")
     pl.add_argument("--reports-dir", type=Path, default=Path("reports"))
     pl.add_argument("--run-id", default=None)
-    pl.add_argument("--batch-size", type=_positive_int, default=64)
+    pl.add_argument("--batch-size", type=_positive_int, default=GENERATION_BATCH, help=f"cases per generation batch (default {GENERATION_BATCH})")
     pl.add_argument("--max-steps", type=_positive_int, default=None)
     pl.add_argument("--device", default="auto")
     pl.add_argument("--no-progress", action="store_true")

@@ -71,3 +71,11 @@ def test_bad_option_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["eval", str(SUPPORT_VI), "--batch-size", "0"])
     assert info.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_batch_default_is_the_runner_default() -> None:
+    """The CLI keeps its own copy of the default (its --help imports no torch); the two must agree."""
+    from harness.cli import GENERATION_BATCH
+    from harness.runner import EvalOptions
+
+    assert GENERATION_BATCH == EvalOptions.batch_size
