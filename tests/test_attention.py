@@ -23,7 +23,8 @@ def _load(folder: Path, implementation: str) -> Any:
 
 def test_decode_path_generates_what_sdpa_generates(tiny_model_dir: Path, tokenizer: Any) -> None:
     """Left-padded batches over a static cache: same greedy tokens, same first-step logits, batch-independent."""
-    chats = [load_suite(SUPPORT_VI).chat(c) for c in load_suite(SUPPORT_VI).cases[:10]]
+    suite = load_suite(SUPPORT_VI)
+    chats = [suite.chat(c) for c in suite.cases[:10]]
     settings = GenerationSettings(max_new_tokens=24, stop_at_json_end=False)
     ours_model, sdpa_model = _load(tiny_model_dir, attention.NAME).eval(), _load(tiny_model_dir, "sdpa").eval()
     ours = generate(ours_model, tokenizer, chats, settings, batch_size=4, progress=False, keep_logits=4)

@@ -252,19 +252,21 @@ def prepare_qlora_model(
     `keep_layers`: decoder layers, counted from the last, that skip activation checkpointing (0
     checkpoints them all, the layer count none). `compile_layers`: compile each decoder layer
     (`compile_decoder_layers`); `save_mlp_layers` (compiled only): checkpointed layers, just before
-    the kept ones, that save their gate/up projection outputs instead of recomputing them. Hand the result to the trainer as the model, with no `peft_config` and
-    with `gradient_checkpointing=False` in its arguments, so that nothing prepares it a second time.
+    the kept ones, that save their gate/up projection outputs instead of recomputing them. Hand the
+    result to the trainer as the model, with no `peft_config` and with `gradient_checkpointing=False`
+    in its arguments, so that nothing prepares it a second time.
     """
     from peft import get_peft_model
 
+    # checked before the model is touched: a refused call leaves the caller's model as it was
+    if save_mlp_layers and not compile_layers:
+        raise ValueError("save_mlp_layers needs compile_layers=True: the policy is applied inside the compiled graph")
     for param in model.parameters():
         param.requires_grad_(False)
     model.config.use_cache = False
     set_activation_checkpointing(model, keep_layers)
     peft_model = get_peft_model(model, lora_config)
     peft_model.train()
-    if save_mlp_layers and not compile_layers:
-        raise ValueError("save_mlp_layers needs compile_layers=True: the policy is applied inside the compiled graph")
     if compile_layers:
         compile_decoder_layers(peft_model, save_mlp_layers=save_mlp_layers, mode=compile_mode)
     return peft_model

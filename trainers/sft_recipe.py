@@ -239,7 +239,8 @@ def cpu_bf16_casts(model: torch.nn.Module, enabled: bool) -> Iterator[str]:
 
     Autocast casts a frozen fp32 weight to bf16 on every call (it caches only trainable leaves); storing
     the frozen LoRA base weights in bf16 gives the matmuls the same operands once. Only the adapter is
-    saved, so nothing written changes. Yields what ran, for the metadata.
+    saved, so nothing written changes; the weights stay bf16 afterwards (the trainer's model is not
+    evaluated: the pipeline loads the base again). Yields what ran, for the metadata.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
