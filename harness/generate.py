@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
+from harness.attention import shared_prefix
 from harness.suite import GenerationSettings
 
 PRECISIONS = ("float32", "bf16-autocast")
@@ -156,7 +157,7 @@ def generate(
         criteria = StoppingCriteriaList([_JsonEndCriteria(trackers)]) if settings.stop_at_json_end else None
         keeper = _KeepFirstLogits(keep_logits) if keep_logits > 0 else None
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, shared_prefix(prefix_len):
             out = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),

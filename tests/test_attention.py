@@ -52,6 +52,38 @@ def test_decode_path_hands_prefill_and_unusual_calls_to_sdpa(monkeypatch: pytest
     assert calls == [3, 1, 1]
 
 
+def _reference_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Textbook attention: repeat key/value heads, masked softmax; [batch, q_len, heads, head_dim]."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = (query @ key.transpose(-1, -2)) * query.shape[-1] ** -0.5
+    return (scores.masked_fill(~mask, float("-inf")).softmax(-1) @ value).transpose(1, 2)
+
+
+@pytest.mark.parametrize("row_groups", [1, 3, 7])
+@pytest.mark.parametrize("declared", [0, 5, 6])
+def test_decode_path_reads_shared_prefix_once_and_skips_padding(monkeypatch: pytest.MonkeyPatch, row_groups: int, declared: int) -> None:
+    """[shared prefix | left pad | suffix | unfilled] rows: same result as textbook attention, whatever is declared.
+
+    Declaring 6 when a row sees only 5 shared columns must fall back to the general path, not mix rows up.
+    """
+    monkeypatch.setattr(attention, "ROW_GROUPS", row_groups)
+    torch.manual_seed(0)
+    batch, heads, kv_heads, head_dim, total, prefix = 7, 6, 2, 8, 30, 5
+    key, value = torch.randn(batch, kv_heads, total, head_dim), torch.randn(batch, kv_heads, total, head_dim)
+    key[:, :, :prefix], value[:, :, :prefix] = key[:1, :, :prefix], value[:1, :, :prefix]
+    mask = torch.zeros(batch, 1, 1, total, dtype=torch.bool)
+    mask[..., :prefix] = True
+    for row, start in enumerate([5, 6, 9, 12, 12, 15, 19]):  # ordered by prompt length, as generate orders them
+        mask[row, ..., start:24] = True
+    mask[2, ..., 5] = declared == 6  # row 2 also sees column 5; the others do not
+    query = torch.randn(batch, heads, 1, head_dim)
+    module = torch.nn.Linear(1, 1).eval()
+    with attention.shared_prefix(declared):
+        ours, _ = attention.decode_attention(module, query, key, value, mask)
+    torch.testing.assert_close(ours, _reference_attention(query, key, value, mask), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("padded", [True, False])
 def test_training_path_matches_eager_attention(tiny_model_dir: Path, padded: bool) -> None:
     """fp32: equal loss and gradients to transformers' eager attention; bf16 autocast: within bf16 rounding."""
