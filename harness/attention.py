@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,46 +70,61 @@ def decode_attention(
     if query.dtype != key.dtype or key.dtype != value.dtype or query.device.type != "cpu":
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = head_dim**-0.5 if scaling is None else scaling
-    rows = attention_mask[:, 0, 0, :].expand(batch, -1)
-    # columns some row may attend to: everything after the last one is the cache's unfilled tail
+    plan = _plan_for(attention_mask, batch, query.dtype)
+    q = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    out = torch.empty_like(q)
+    lse = q.new_empty((batch, kv_heads, heads // kv_heads), dtype=torch.float32)
+    for lo, hi, first in plan.runs:
+        part, part_lse = _flash(q[lo:hi], key[lo:hi, :, first : plan.length], value[lo:hi, :, first : plan.length], attn_mask=plan.bias[lo:hi, ..., first:], scale=scale)
+        out[lo:hi] = part
+        lse[lo:hi] = part_lse.reshape(out[lo:hi].shape[:3])
+    if plan.prefix:
+        out = _add_shared_prefix(q, key, value, plan.prefix, scale, out, lse)
+    return out.reshape(batch, heads, 1, head_dim).transpose(1, 2), None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one decode step reads the cache; the same for every layer of that step (one mask per forward)."""
+
+    length: int  # columns up to the last one any row attends to; the rest is the cache's unfilled tail
+    prefix: int  # shared columns read once for the batch (0: none)
+    bias: torch.Tensor  # [batch, 1, 1, length] additive mask (the kernel takes no boolean one)
+    runs: tuple[tuple[int, int, int], ...]  # (first row, end row, first column read) per run of rows
+
+
+_last_plan: list[tuple[torch.Tensor, int, torch.dtype, _Plan]] = []  # holds the mask, so `is` cannot see a reused id
+
+
+def _plan_for(mask: torch.Tensor, batch: int, dtype: torch.dtype) -> _Plan:
+    """The step's plan, computed at the first layer and reused by the others (transformers builds one mask
+    per forward and hands that same tensor to every layer; masks are not edited in place).
+
+    Decoding is bound by memory reads here (8 GB/s measured), so what counts is how many cache positions
+    are read. Rows are split into ROW_GROUPS runs of consecutive rows; a run is read from the first column
+    any of its rows attends to after the shared prefix, which skips most of the left padding when rows are
+    ordered by prompt length (generate's order). Any order is correct, only slower.
+    """
+    declared = _SHARED_PREFIX.get()
+    if _last_plan:
+        held, held_declared, held_dtype, plan = _last_plan[0]
+        if held is mask and held_declared == declared and held_dtype == dtype:
+            return plan
+    rows = mask[:, 0, 0, :].expand(batch, -1)
     used = rows.any(0).nonzero()
     length = int(used.max()) + 1 if len(used) else 1
     rows = rows[:, :length]
-    # the kernel takes an additive mask; query heads sharing a key/value head become that head's 'positions'
-    bias = torch.zeros(rows.shape, dtype=query.dtype).masked_fill_(~rows, float("-inf"))[:, None, None, :]
-    q = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-    prefix = min(_SHARED_PREFIX.get(), length - 1)
+    prefix = min(declared, length - 1)
     starts = rows[:, prefix:].to(torch.int8).argmax(-1) + prefix  # each row's first attended column after it
     if prefix and not (bool(rows[:, :prefix].all()) and bool(rows[torch.arange(batch), starts].all())):
         prefix = 0  # a row misses part of the declared prefix or sees nothing after it: no split
         starts = rows.to(torch.int8).argmax(-1)
-    out, lse = _by_row_groups(q, key, value, bias, starts, scale)
-    if prefix:
-        out = _add_shared_prefix(q, key, value, prefix, scale, out, lse)
-    return out.reshape(batch, heads, 1, head_dim).transpose(1, 2), None
-
-
-def _by_row_groups(
-    q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, starts: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention and its log-sum-exp per row, reading each run of rows' cache only from where they start.
-
-    Decoding is bound by memory reads here (8 GB/s measured), so what counts is how many cache positions
-    are read. Rows are split into ROW_GROUPS runs of consecutive rows; a run is read from the first column
-    any of its rows attends to, which skips most of the left padding when rows are ordered by prompt
-    length (generate's order). Any order is correct, only slower.
-    """
-    batch, kv_heads, groups, head_dim = q.shape
-    length = bias.shape[-1]
-    out = torch.empty_like(q)
-    lse = q.new_empty((batch, kv_heads, groups), dtype=torch.float32)
+    bias = torch.zeros(rows.shape, dtype=dtype).masked_fill_(~rows, float("-inf"))[:, None, None, :]
     bounds = sorted({round(i * batch / ROW_GROUPS) for i in range(ROW_GROUPS + 1)})
-    for lo, hi in zip(bounds, bounds[1:]):
-        first = int(starts[lo:hi].min())
-        part, part_lse = _flash(q[lo:hi], key[lo:hi, :, first:length], value[lo:hi, :, first:length], attn_mask=bias[lo:hi, ..., first:], scale=scale)
-        out[lo:hi] = part
-        lse[lo:hi] = part_lse.reshape(hi - lo, kv_heads, groups)
-    return out, lse
+    runs = tuple((lo, hi, int(starts[lo:hi].min())) for lo, hi in zip(bounds, bounds[1:]))
+    plan = _Plan(length, prefix, bias, runs)
+    _last_plan[:] = [(mask, declared, dtype, plan)]
+    return plan
 
 
 def _add_shared_prefix(

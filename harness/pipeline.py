@@ -22,7 +22,7 @@ from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text,
 from harness.loading import Runtime, describe_model, load_model, load_tokenizer
 from harness.models import ModelRef
 from harness.parity import PARITY_STEPS, adapter_findings, case_parity, outputs_identical_everywhere, summarize_parity
-from harness.runner import FORWARD_BATCH, EvalOptions, evaluate, generation_keys, report_header, run_id_for
+from harness.runner import FORWARD_BATCH, REPLAY_BATCH, EvalOptions, evaluate, generation_keys, report_header, run_id_for
 from harness.suite import Suite
 
 VARIANTS = ("base", "adapter", "merged")
@@ -121,7 +121,7 @@ def run_pipeline(
     # and decode only the cases where it does not.
     replay_started = time.perf_counter()
     need = [i for i in range(len(cases)) if i not in cached_parity]
-    replayed = replay_greedy(merged, tokenizer, [suite.chat(cases[i]) for i in need], [gens["adapter"][i] for i in need], min(options.batch_size, FORWARD_BATCH), PARITY_STEPS)
+    replayed = replay_greedy(merged, tokenizer, [suite.chat(cases[i]) for i in need], [gens["adapter"][i] for i in need], min(options.batch_size, REPLAY_BATCH), PARITY_STEPS)
     provided = {need[j]: g for j, g in enumerate(replayed) if g is not None}
     replay_s = time.perf_counter() - replay_started
     records["merged"], m, t, gens["merged"] = evaluate(suite, merged, tokenizer, options, keep_logits=PARITY_STEPS, cache=cache, model_key=keys["merged"], regenerate=regenerate, provided=provided)
