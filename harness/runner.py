@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from harness import REPORT_SCHEMA_VERSION
+from harness import REPORT_SCHEMA_VERSION, attention
 from harness.env import hardware, package_versions, tokenizer_sha256, weights_sha256
 from harness.io import sha256_json
 from harness.cache import ResultCache, generation_key, scores_key
@@ -53,7 +53,10 @@ def scoring_hash(suite: Suite) -> str:
 
 
 def generation_keys(suite: Suite, cases: Sequence[Case], chats: Sequence[list[dict[str, str]]], model_key: str, tokenizer_hash: str, options: EvalOptions, device: str) -> list[str]:
-    settings = {**asdict(suite.generation), "precision": options.precision, "device": device, "attention": attention_for(device)}
+    name = attention_for(device)
+    # the decode arithmetic is part of what produced a cached output: a changed kernel must not reuse it
+    version = attention.DECODE_VERSION if name == attention.NAME else None
+    settings = {**asdict(suite.generation), "precision": options.precision, "device": device, "attention": name, "attention_version": version}
     return [generation_key(model_key, tokenizer_hash, settings, chat, case.content_hash) for case, chat in zip(cases, chats)]
 
 
