@@ -203,7 +203,7 @@ def evaluate_gates(policy: GatePolicy, report: dict[str, Any], rows: list[dict[s
             if res["n"]:
                 res["explanation"] = (f"{spec.metric} {variant} {res['value']:.3f} vs {label} {res['baseline_value']:.3f}: difference {res['delta']:+.3f}, "
                                       f"95% interval [{res['delta_ci95'][0]:+.3f}, {res['delta_ci95'][1]:+.3f}], margin {spec.margin}"
-                                      + (f", exact McNemar p={res['p_value']:.3g} ({res['broken']} broken, {res['fixed']} fixed)" if binary else ""))
+                                      + (f", exact McNemar p(worse)={res['p_value']:.3g} ({res['broken']} broken, {res['fixed']} fixed)" if binary else ""))
             checks.append(_check(spec, variant, mde=mde(res["n"], res.get("baseline_value"), policy.alpha), worst_cases=worst, **res))
     if champion_rows is None and any(s.baseline == "champion" for s in policy.checks):
         notes.append("no champion yet: champion comparisons start after the first `harness promote`")
@@ -243,7 +243,7 @@ def _retention_checks(spec: CheckSpec, report: dict[str, Any], policy: GatePolic
             cmp = compare_paired([base["items"][i] for i in ids], [res["items"][i] for i in ids], spec.margin, True, policy.alpha, policy.bootstrap_resamples)
             if cmp["n"]:
                 cmp["explanation"] = (f"{task} {variant} {cmp['value']:.3f} vs {spec.baseline} {cmp['baseline_value']:.3f}: difference {cmp['delta']:+.3f}, "
-                                      f"95% interval [{cmp['delta_ci95'][0]:+.3f}, {cmp['delta_ci95'][1]:+.3f}], margin {spec.margin}, exact McNemar p={cmp['p_value']:.3g}")
+                                      f"95% interval [{cmp['delta_ci95'][0]:+.3f}, {cmp['delta_ci95'][1]:+.3f}], margin {spec.margin}, exact McNemar p(worse)={cmp['p_value']:.3g}")
             c = _check(spec, variant, mde=mde(cmp["n"], cmp.get("baseline_value"), policy.alpha), **cmp)
             c["id"] = f"{variant}.{spec.id}.{task}"
             c["metric"] = task
