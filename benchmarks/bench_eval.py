@@ -43,7 +43,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="golden/support_vi")
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--batch-size", type=int, default=64)
+    from harness.runner import EvalOptions
+
+    ap.add_argument("--batch-size", type=int, default=EvalOptions().batch_size, help="decode batch (default: what `harness eval` uses)")
     ap.add_argument("--precision", default="float32", choices=["float32", "bf16-autocast"])
     ap.add_argument("--reference-cases", type=int, default=16, help="reference sample size (0 = every case)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
