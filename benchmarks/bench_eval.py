@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.generate import generate  # noqa: E402
 from harness.loading import Runtime, load_model, load_tokenizer  # noqa: E402
 from harness.models import resolve  # noqa: E402
+from harness.runner import EvalOptions  # noqa: E402
 from harness.suite import load_suite  # noqa: E402
 
 
@@ -43,8 +44,6 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="golden/support_vi")
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    from harness.runner import EvalOptions
-
     ap.add_argument("--batch-size", type=int, default=EvalOptions().batch_size, help="decode batch (default: what `harness eval` uses)")
     ap.add_argument("--precision", default="float32", choices=["float32", "bf16-autocast"])
     ap.add_argument("--reference-cases", type=int, default=16, help="reference sample size (0 = every case)")

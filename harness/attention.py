@@ -69,10 +69,8 @@ def decode_attention(
     """transformers' attention-function signature; returns [batch, 1, heads, head_dim] and no weights."""
     batch, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
-    plain = kwargs.get("softcap") is None and kwargs.get("s_aux") is None and not (module.training and dropout)
-    if q_len != 1 or attention_mask is None or attention_mask.dtype != torch.bool or attention_mask.dim() != 4 or heads % kv_heads or not plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    if query.dtype != key.dtype or key.dtype != value.dtype or query.device.type != "cpu":
+    usual = q_len == 1 and query.device.type == "cpu" and query.dtype == key.dtype == value.dtype and not (module.training and dropout)
+    if not usual or not _boolean_4d(attention_mask, required=True) or heads % kv_heads or _special(kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = head_dim**-0.5 if scaling is None else scaling
     plan = _plan_for(attention_mask, batch, query.dtype)
@@ -162,8 +160,7 @@ def train_attention(
     """Full-sequence attention without a cache; other calls go to transformers' SDPA function."""
     batch, heads, q_len, head_dim = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
-    plain = kwargs.get("softcap") is None and kwargs.get("s_aux") is None
-    if kv_len != q_len or heads % kv_heads or not plain or (attention_mask is not None and (attention_mask.dtype != torch.bool or attention_mask.dim() != 4)):
+    if kv_len != q_len or heads % kv_heads or _special(kwargs) or not _boolean_4d(attention_mask, required=False):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     dtype = torch.bfloat16 if torch.is_autocast_enabled(query.device.type) else query.dtype
     groups = heads // kv_heads
@@ -181,6 +178,16 @@ def train_attention(
         probs = torch.nn.functional.dropout(probs, p=dropout)
     out = torch.matmul(probs.view(batch, kv_heads, groups * q_len, kv_len), value.to(dtype))
     return out.view(batch, heads, q_len, head_dim).transpose(1, 2), None
+
+
+def _special(kwargs: dict[str, Any]) -> bool:
+    """Logit softcapping or attention sinks: left to transformers' SDPA function, which handles them."""
+    return kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None
+
+
+def _boolean_4d(mask: torch.Tensor | None, required: bool) -> bool:
+    """A mask these paths read: boolean [batch, heads, q_len, kv_len], or none where none is allowed."""
+    return (mask is None and not required) or (mask is not None and mask.dtype == torch.bool and mask.dim() == 4)
 
 
 AttentionInterface.register(NAME, decode_attention)
