@@ -30,6 +30,7 @@ from harness.models import ModelRef, resolve
 from harness.safety import plant_canaries
 from harness.suite import Suite, load_suite
 from harness.train_config import TrainConfig
+from trainers.cpu_path import fused_lora_linears
 
 
 # CUDA graphs around the compiled layers: the eager step is bound by launching kernels from Python
@@ -234,8 +235,9 @@ class CastOnce:
 
 
 @contextmanager
-def cpu_bf16_casts(model: torch.nn.Module, enabled: bool) -> Iterator[str]:
-    """CPU bf16 autocast without the repeated casts (`CastOnce`); frozen base weights kept in bf16.
+def cpu_bf16_casts(model: torch.nn.Module, enabled: bool, fuse: bool = True) -> Iterator[str]:
+    """CPU bf16 autocast without the repeated casts (`CastOnce`); frozen base weights kept in bf16; plain
+    LoRA layers computed as one autograd node each (`trainers.cpu_path`).
 
     Autocast casts a frozen fp32 weight to bf16 on every call (it caches only trainable leaves); storing
     the frozen LoRA base weights in bf16 gives the matmuls the same operands once. Only the adapter is
@@ -258,7 +260,8 @@ def cpu_bf16_casts(model: torch.nn.Module, enabled: bool) -> Iterator[str]:
         if isinstance(weight, torch.nn.Parameter) and not weight.requires_grad and weight.dtype == torch.float32:
             weight.data = weight.data.to(torch.bfloat16)
     try:
-        yield "autocast, inputs cast once, frozen base weights bf16"
+        with fused_lora_linears(model, fuse) as fused:
+            yield "autocast, inputs cast once, frozen base weights bf16" + (f", {fused} LoRA layers fused (trainers/cpu_path.py)" if fused else "")
     finally:
         for h in handles:
             h.remove()
