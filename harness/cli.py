@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--batch-size", type=_positive_int, default=GENERATION_BATCH, help=f"cases per generation batch (default {GENERATION_BATCH})")
     pl.add_argument("--max-steps", type=_positive_int, default=None)
     pl.add_argument("--device", default="auto")
+    pl.add_argument("--merge-dtype", choices=("auto", "bfloat16", "float16", "float32"), default=None,
+                    help="dtype of the merged export (default: the preset's merge_dtype; auto = the base checkpoint's dtype)")
     pl.add_argument("--no-progress", action="store_true")
     pl.add_argument("--no-cache", action="store_true", help="generate everything again instead of reusing cached results")
     pl.add_argument("--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the suite, if any)")
@@ -145,7 +147,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress, canaries=canaries, cache_path=None if args.no_cache else default_cache_path())
     policy = _policy(args.gates, suite.path)
     run_dir, report = run_pipeline(suite, resolve(cfg.model), adapter, args.reports_dir, options, device=args.device, run_id=args.run_id, training=training, policy=policy,
-                                   retention_dir=Path(args.retention) if args.retention else None, retention_limit=args.retention_limit)
+                                   retention_dir=Path(args.retention) if args.retention else None, retention_limit=args.retention_limit,
+                                   merge_dtype=args.merge_dtype or cfg.merge_dtype)
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {run_dir / 'report.json'}")
     errors = [f for f in report["findings"] if f["level"] == "error"]

@@ -1,8 +1,9 @@
 """Three variants on one resident model: base, base+adapter and the merged export, with merge parity.
 
 The base weights are loaded once. The adapter is attached with PEFT; "base" runs with the adapter
-disabled; then the adapter is merged in place (no second copy, no reload) and the merged model is
-evaluated and saved as a standalone safetensors folder.
+disabled; then the adapter is merged in place (no second copy, no reload), brought to the export dtype
+(`merge_dtype`: by default the dtype the base checkpoint is stored in), evaluated on exactly the weights
+it is saved with, and saved as a standalone safetensors folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from harness.env import tokenizer_sha256, weights_sha256
 from harness.generate import replay_greedy
@@ -26,6 +29,8 @@ from harness.runner import FORWARD_BATCH, REPLAY_BATCH, EvalOptions, evaluate, g
 from harness.suite import Suite
 
 VARIANTS = ("base", "adapter", "merged")
+MERGE_DTYPES = ("auto", "bfloat16", "float16", "float32")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 HEADLINE = ("format_strict", "format_lenient")
 HEADLINE_SCORES = ("tone", "safety")
 
@@ -45,6 +50,50 @@ def _delta(a: dict[str, float | None], b: dict[str, float | None]) -> dict[str, 
     return {k: (None if a.get(k) is None or b.get(k) is None else round(float(b[k]) - float(a[k]), 4)) for k in a}  # type: ignore[arg-type]
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def export_dtype(choice: str, ref: ModelRef) -> torch.dtype:
+    """The merged export's dtype: as asked, or for "auto" the dtype the base checkpoint is stored in.
+
+    A merged model is shipped in place of its base, so by default it keeps the base's precision (bf16 for
+    most published checkpoints); a checkpoint that names no dtype counts as float32.
+    """
+    if choice != "auto":
+        if choice not in _DTYPES:
+            raise HarnessInputError(Problem("merge_dtype", f"unknown value {choice!r}", "use one of " + ", ".join(MERGE_DTYPES)))
+        return _DTYPES[choice]
+    try:
+        config = json.loads((Path(ref.path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return torch.float32
+    return _DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")), torch.float32)
+
+
+def to_export_dtype(model: Any, export: torch.dtype, device: str) -> dict[str, Any]:
+    """Bring a merged model to its export dtype before it is evaluated; returns what happened, for the report.
+
+    On the CPU, half-precision matmuls are a slow path, so a narrower export keeps the runtime dtype and its
+    weights are rounded to the export dtype in place: the model evaluated holds exactly the values saved.
+    Elsewhere the model is converted and runs in the export dtype.
+    """
+    merged_in = next(model.parameters()).dtype
+    info = {"merged_in": _dtype_name(merged_in), "export_dtype": _dtype_name(export), "evaluated_in": _dtype_name(export), "rounded": False}
+    if export == merged_in:
+        return info
+    if device == "cpu" and export.itemsize < merged_in.itemsize:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.is_floating_point():
+                    p.copy_(p.to(export))
+        info.update(evaluated_in=_dtype_name(merged_in), rounded=True)
+    else:
+        model.to(export)
+        info["rounded"] = export.itemsize <= merged_in.itemsize  # narrower, or bf16 <-> fp16
+    return info
+
+
 def run_pipeline(
     suite: Suite,
     base_ref: ModelRef,
@@ -57,6 +106,7 @@ def run_pipeline(
     policy: GatePolicy | None = None,
     retention_dir: Path | None = None,
     retention_limit: int | None = None,
+    merge_dtype: str = "auto",
 ) -> tuple[Path, dict[str, Any]]:
     """Evaluate the three variants; returns the run folder and the report."""
     from peft import PeftModel
@@ -64,6 +114,7 @@ def run_pipeline(
     if not (adapter_dir / "adapter_config.json").is_file():
         raise HarnessInputError(Problem(str(adapter_dir), "is not a PEFT adapter folder (no adapter_config.json)", "pass the adapter/ folder of a trained candidate"))
     started = time.perf_counter()
+    export = export_dtype(merge_dtype, base_ref)
     runtime = Runtime.pick(device)
     tokenizer = load_tokenizer(base_ref)
     base = load_model(base_ref, runtime)
@@ -77,7 +128,7 @@ def run_pipeline(
     adapter_sha = sha256_file(adapter_dir / "adapter_model.safetensors")
     dtype = describe_model(base)["dtype"]
     lora = f"{adapter_sha}:{sha256_file(adapter_dir / 'adapter_config.json')}"
-    keys = {"base": f"base:{base_hash}:{dtype}", "adapter": f"adapter:{base_hash}:{lora}:{dtype}", "merged": f"merged:{base_hash}:{lora}:{dtype}"}
+    keys = {"base": f"base:{base_hash}:{dtype}", "adapter": f"adapter:{base_hash}:{lora}:{dtype}", "merged": f"merged:{base_hash}:{lora}:{dtype}:{_dtype_name(export)}"}
     cases = suite.cases[: options.limit] if options.limit else suite.cases
     parity_keys: list[str] = []
     cached_parity: dict[int, dict[str, Any]] = {}
@@ -116,6 +167,7 @@ def run_pipeline(
 
     merge_started = time.perf_counter()
     merged = model.merge_and_unload()
+    export_info = {"requested": merge_dtype, **to_export_dtype(merged, export, runtime.device)}
     merge_s = time.perf_counter() - merge_started
     # The merged model should reproduce the adapter: prove it case by case with one forward pass each,
     # and decode only the cases where it does not.
@@ -131,13 +183,16 @@ def run_pipeline(
     rid = run_id or run_id_for(suite, f"{base_ref.spec}+{adapter_dir.parent.name}")
     run_dir = reports_dir / rid
     merged_dir = run_dir / "merged"
+    merged.to(export)  # a no-op unless the weights were only rounded to it
     merged.save_pretrained(merged_dir, safe_serialization=True)
     tokenizer.save_pretrained(merged_dir)
     portable_tokenizer_config(merged_dir)
-    variants["merged"] = {"metrics": m, "timings": {**t, "merge_s": round(merge_s, 3)}, "weights_sha256": weights_sha256(merged_dir), "path": str(merged_dir), **describe_model(merged)}
+    variants["merged"] = {"metrics": m, "timings": {**t, "merge_s": round(merge_s, 3)}, "weights_sha256": weights_sha256(merged_dir), "path": str(merged_dir), "export": export_info, **describe_model(merged)}
 
     trained_nf4 = bool(training and training.get("precision", {}).get("weights") == "nf4")
-    merge_note = ("merged into the original (unquantized) base weights in " + describe_model(merged)["dtype"]
+    merge_note = (f"merged into the original (unquantized) base weights in {export_info['merged_in']}, exported as {export_info['export_dtype']}"
+                  + (" (the base checkpoint's dtype)" if merge_dtype == "auto" else "")
+                  + (f", weights rounded to it and evaluated in {export_info['evaluated_in']}" if export_info["rounded"] and export_info["evaluated_in"] != export_info["export_dtype"] else "")
                   + ("; the adapter was trained against nf4-dequantized weights, so small differences are expected" if trained_nf4 else ""))
     per_case = [cached_parity[i] if i in cached_parity else case_parity(a, b) for i, (a, b) in enumerate(zip(gens["adapter"], gens["merged"]))]
     if cache is not None:

@@ -166,7 +166,8 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
     options = EvalOptions(progress=False, canaries=tuple((training or {}).get("canaries") or ()),
                           cache_path=None if config.getoption("--harness-no-cache") else default_path())
     retention = config.getoption("--harness-retention")
-    _, report = run_pipeline(suite, resolve(cfg.model), adapter, reports, options, training=training, policy=policy, retention_dir=Path(retention) if retention else None)
+    _, report = run_pipeline(suite, resolve(cfg.model), adapter, reports, options, training=training, policy=policy, retention_dir=Path(retention) if retention else None,
+                             merge_dtype=cfg.merge_dtype)
     return report
 
 

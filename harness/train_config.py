@@ -75,6 +75,7 @@ class TrainConfig:
     quantization: QuantConfig = field(default_factory=QuantConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval_suite: str | None = None
+    merge_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # the merged export; auto: the base checkpoint's dtype
     source: str = ""  # the YAML file it came from
 
     def with_overrides(self, model: str | None = None, output_dir: str | None = None, max_steps: int | None = None) -> TrainConfig:

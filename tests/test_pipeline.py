@@ -103,3 +103,41 @@ def test_not_an_adapter_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
 
     with pytest.raises(HarnessInputError, match="adapter_config.json"):
         run_pipeline(load_suite(SUPPORT_VI), resolve(str(tiny_model_dir)), tmp_path, tmp_path / "r", EvalOptions(progress=False))
+
+
+def test_merged_export_in_bfloat16_is_evaluated_on_the_saved_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
+    suite = load_suite(_small_suite(tmp_path, n=4))
+    run_dir, report = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, tmp_path / "reports", EvalOptions(batch_size=4, progress=False),
+                                   run_id="b", merge_dtype="bfloat16")
+    merged = report["variants"]["merged"]
+    assert merged["export"] == {"requested": "bfloat16", "merged_in": "float32", "export_dtype": "bfloat16", "evaluated_in": "float32", "rounded": True}
+    assert merged["dtype"] == "bfloat16"
+    assert "exported as bfloat16, weights rounded to it and evaluated in float32" in report["parity"]["merge"]
+    files = list((run_dir / "merged").glob("*.safetensors"))
+    with safe_open(str(files[0]), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert report["parity"]["n_cases"] == 4 and report["parity"]["max_abs_logit_diff"] > 0  # rounding shows in the logits
+
+
+def test_auto_merge_dtype_follows_the_checkpoint(tmp_path: Path) -> None:
+    from harness.errors import HarnessInputError
+    from harness.models import ModelRef
+    from harness.pipeline import export_dtype
+
+    def ref(config: dict[str, object] | None) -> ModelRef:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        if config is not None:
+            (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        return ModelRef(spec=str(folder), path=folder, provenance={"source": "test"})
+
+    assert export_dtype("auto", ref({"dtype": "bfloat16"})) == torch.bfloat16
+    assert export_dtype("auto", ref({"torch_dtype": "float16"})) == torch.float16
+    assert export_dtype("auto", ref({})) == torch.float32
+    assert export_dtype("auto", ref(None)) == torch.float32
+    assert export_dtype("float16", ref({"dtype": "bfloat16"})) == torch.float16
+    with pytest.raises(HarnessInputError, match="merge_dtype"):
+        export_dtype("int8", ref({}))

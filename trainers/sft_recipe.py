@@ -351,7 +351,8 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
 
     started = time.perf_counter()
     set_seed(cfg.seed)
-    config_hash = sha256_json({k: v for k, v in asdict(cfg).items() if k != "source"})[:12]
+    # merge_dtype only shapes the evaluation's export: changing it must not retrain
+    config_hash = sha256_json({k: v for k, v in asdict(cfg).items() if k not in ("source", "merge_dtype")})[:12]
     out = (root / cfg.output_dir / f"{cfg.name}-{config_hash}").resolve()
     ckpt_dir = out / "checkpoints"
     data_file = root / cfg.data.path if not Path(cfg.data.path).is_absolute() else Path(cfg.data.path)
