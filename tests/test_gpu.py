@@ -40,3 +40,23 @@ def test_qlora_preset_trains_through_the_recipe_on_cuda(tiny_model_dir, tmp_path
     assert meta["precision"]["weights"] == "nf4" and meta["precision"]["device"] == "cuda" and meta["precision"]["double_quant"]
     assert meta["precision"]["cuda_path"]["compile_mode"] == "reduce-overhead" and meta["steps"] == 2
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.gpu
+def test_pipeline_on_cuda_exports_the_merge_in_float16(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
+    """seed000's float16 export on CUDA: merged in the bf16 runtime, converted, evaluated and saved in float16."""
+    from safetensors import safe_open
+
+    from harness.models import resolve
+    from harness.pipeline import run_pipeline
+    from harness.runner import EvalOptions
+    from tests.test_pipeline import _adapter, _small_suite
+
+    adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
+    suite = load_suite(_small_suite(tmp_path, n=4))
+    run_dir, report = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, tmp_path / "reports", EvalOptions(batch_size=4, progress=False),
+                                   device="cuda", run_id="g", merge_dtype="float16")
+    assert report["variants"]["merged"]["export"] == {"requested": "float16", "merged_in": "bfloat16", "export_dtype": "float16", "evaluated_in": "float16", "rounded": True}
+    with safe_open(str(next((run_dir / "merged").glob("*.safetensors"))), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    assert report["parity"]["n_cases"] == 4
