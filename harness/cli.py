@@ -11,6 +11,7 @@ from typing import Any
 from harness.errors import HarnessInputError, Problem
 from harness.cache import default_path as default_cache_path
 from harness.gates import exit_code as gate_exit_code
+from harness.train_config import MERGE_DTYPES
 
 GENERATION_BATCH = 160  # harness.runner.EvalOptions.batch_size; kept here so that --help imports no torch
 
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--batch-size", type=_positive_int, default=GENERATION_BATCH, help=f"cases per generation batch (default {GENERATION_BATCH})")
     pl.add_argument("--max-steps", type=_positive_int, default=None)
     pl.add_argument("--device", default="auto")
-    pl.add_argument("--merge-dtype", choices=("auto", "bfloat16", "float16", "float32"), default=None,
+    pl.add_argument("--merge-dtype", choices=MERGE_DTYPES, default=None,
                     help="dtype of the merged export (default: the preset's merge_dtype; auto = the base checkpoint's dtype)")
     pl.add_argument("--no-progress", action="store_true")
     pl.add_argument("--no-cache", action="store_true", help="generate everything again instead of reusing cached results")

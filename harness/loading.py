@@ -56,6 +56,11 @@ def load_model(ref: ModelRef, runtime: Runtime, trust_remote_code: bool = False)
     return model.to(runtime.device).eval()
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """'bfloat16' for torch.bfloat16: the name reports and configs use."""
+    return str(dtype).replace("torch.", "")
+
+
 def describe_model(model: Any) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
-    return {"class": type(model).__name__, "parameters": params, "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    return {"class": type(model).__name__, "parameters": params, "dtype": dtype_name(next(model.parameters()).dtype)}

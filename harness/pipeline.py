@@ -22,15 +22,14 @@ from harness.gates import GatePolicy, evaluate_gates, flips
 from harness.promote import champion_rows
 from harness.cache import ResultCache
 from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file, sha256_json
-from harness.loading import Runtime, describe_model, load_model, load_tokenizer
+from harness.loading import Runtime, describe_model, dtype_name, load_model, load_tokenizer
 from harness.models import ModelRef
 from harness.parity import PARITY_STEPS, adapter_findings, case_parity, outputs_identical_everywhere, summarize_parity
 from harness.runner import FORWARD_BATCH, REPLAY_BATCH, EvalOptions, evaluate, generation_keys, report_header, run_id_for
 from harness.suite import Suite
+from harness.train_config import MERGE_DTYPES
 
 VARIANTS = ("base", "adapter", "merged")
-MERGE_DTYPES = ("auto", "bfloat16", "float16", "float32")
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 HEADLINE = ("format_strict", "format_lenient")
 HEADLINE_SCORES = ("tone", "safety")
 
@@ -50,25 +49,22 @@ def _delta(a: dict[str, float | None], b: dict[str, float | None]) -> dict[str, 
     return {k: (None if a.get(k) is None or b.get(k) is None else round(float(b[k]) - float(a[k]), 4)) for k in a}  # type: ignore[arg-type]
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def export_dtype(choice: str, ref: ModelRef) -> torch.dtype:
     """The merged export's dtype: as asked, or for "auto" the dtype the base checkpoint is stored in.
 
     A merged model is shipped in place of its base, so by default it keeps the base's precision (bf16 for
     most published checkpoints); a checkpoint that names no dtype counts as float32.
     """
-    if choice != "auto":
-        if choice not in _DTYPES:
-            raise HarnessInputError(Problem("merge_dtype", f"unknown value {choice!r}", "use one of " + ", ".join(MERGE_DTYPES)))
-        return _DTYPES[choice]
-    try:
-        config = json.loads((Path(ref.path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return torch.float32
-    return _DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")), torch.float32)
+    if choice not in MERGE_DTYPES:
+        raise HarnessInputError(Problem("merge_dtype", f"unknown value {choice!r}", "use one of " + ", ".join(MERGE_DTYPES)))
+    if choice == "auto":
+        try:
+            config = json.loads((Path(ref.path) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        stored = str(config.get("dtype") or config.get("torch_dtype"))
+        choice = stored if stored in MERGE_DTYPES else "float32"
+    return getattr(torch, choice)
 
 
 def to_export_dtype(model: Any, export: torch.dtype, device: str) -> dict[str, Any]:
@@ -79,7 +75,7 @@ def to_export_dtype(model: Any, export: torch.dtype, device: str) -> dict[str, A
     Elsewhere the model is converted and runs in the export dtype.
     """
     merged_in = next(model.parameters()).dtype
-    info = {"merged_in": _dtype_name(merged_in), "export_dtype": _dtype_name(export), "evaluated_in": _dtype_name(export), "rounded": False}
+    info = {"merged_in": dtype_name(merged_in), "export_dtype": dtype_name(export), "evaluated_in": dtype_name(export), "rounded": False}
     if export == merged_in:
         return info
     if device == "cpu" and export.itemsize < merged_in.itemsize:
@@ -87,7 +83,7 @@ def to_export_dtype(model: Any, export: torch.dtype, device: str) -> dict[str, A
             for p in model.parameters():
                 if p.is_floating_point():
                     p.copy_(p.to(export))
-        info.update(evaluated_in=_dtype_name(merged_in), rounded=True)
+        info.update(evaluated_in=dtype_name(merged_in), rounded=True)
     else:
         model.to(export)
         info["rounded"] = export.itemsize <= merged_in.itemsize  # narrower, or bf16 <-> fp16
@@ -128,7 +124,7 @@ def run_pipeline(
     adapter_sha = sha256_file(adapter_dir / "adapter_model.safetensors")
     dtype = describe_model(base)["dtype"]
     lora = f"{adapter_sha}:{sha256_file(adapter_dir / 'adapter_config.json')}"
-    keys = {"base": f"base:{base_hash}:{dtype}", "adapter": f"adapter:{base_hash}:{lora}:{dtype}", "merged": f"merged:{base_hash}:{lora}:{dtype}:{_dtype_name(export)}"}
+    keys = {"base": f"base:{base_hash}:{dtype}", "adapter": f"adapter:{base_hash}:{lora}:{dtype}", "merged": f"merged:{base_hash}:{lora}:{dtype}:{dtype_name(export)}"}
     cases = suite.cases[: options.limit] if options.limit else suite.cases
     parity_keys: list[str] = []
     cached_parity: dict[int, dict[str, Any]] = {}
@@ -192,7 +188,7 @@ def run_pipeline(
     trained_nf4 = bool(training and training.get("precision", {}).get("weights") == "nf4")
     merge_note = (f"merged into the original (unquantized) base weights in {export_info['merged_in']}, exported as {export_info['export_dtype']}"
                   + (" (the base checkpoint's dtype)" if merge_dtype == "auto" else "")
-                  + (f", weights rounded to it and evaluated in {export_info['evaluated_in']}" if export_info["rounded"] and export_info["evaluated_in"] != export_info["export_dtype"] else "")
+                  + (f", weights rounded to it and evaluated in {export_info['evaluated_in']}" if export_info["evaluated_in"] != export_info["export_dtype"] else "")
                   + ("; the adapter was trained against nf4-dequantized weights, so small differences are expected" if trained_nf4 else ""))
     per_case = [cached_parity[i] if i in cached_parity else case_parity(a, b) for i, (a, b) in enumerate(zip(gens["adapter"], gens["merged"]))]
     if cache is not None:

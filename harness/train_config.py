@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from harness.config import build, read_yaml
 from harness.errors import HarnessInputError, Problem
+
+
+MergeDtype = Literal["auto", "bfloat16", "float16", "float32"]  # the merged export; auto: the base checkpoint's dtype
+MERGE_DTYPES: tuple[str, ...] = get_args(MergeDtype)
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class TrainConfig:
     quantization: QuantConfig = field(default_factory=QuantConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval_suite: str | None = None
-    merge_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # the merged export; auto: the base checkpoint's dtype
+    merge_dtype: MergeDtype = "auto"
     source: str = ""  # the YAML file it came from
 
     def with_overrides(self, model: str | None = None, output_dir: str | None = None, max_steps: int | None = None) -> TrainConfig:

@@ -70,7 +70,7 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     else (adapter switched off, extra arguments, mixed dtypes without autocast) goes to PEFT's forward."""
     base = self.get_base_layer()
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    if args or kwargs or self.merged or self.disable_adapters or not fusable(self) or (dtype == x.dtype and base.weight.dtype != dtype):
+    if args or kwargs or self.disable_adapters or not fusable(self) or (dtype == x.dtype and base.weight.dtype != dtype):
         return type(self).forward(self, x, *args, **kwargs)
     name = self.active_adapters[0]
     return LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name]), dtype)
