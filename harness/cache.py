@@ -48,6 +48,12 @@ class ResultCache:
         self.hits[table] += 1
         return json.loads(row[0])
 
+    def has(self, table: str, key: str) -> bool:
+        """Whether a key is stored; not counted as a hit or a miss."""
+        assert table in TABLES
+        with self._lock:
+            return self._db.execute(f"SELECT 1 FROM {table} WHERE key = ?", (key,)).fetchone() is not None
+
     def put_many(self, table: str, items: list[tuple[str, Any]]) -> None:
         assert table in TABLES
         if not items:

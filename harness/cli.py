@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dtype of the merged export (default: the preset's merge_dtype; auto = the base checkpoint's dtype)")
     pl.add_argument("--no-progress", action="store_true")
     pl.add_argument("--no-cache", action="store_true", help="generate everything again instead of reusing cached results")
+    pl.add_argument("--sequential", action="store_true", help="decode the base in this process after the adapter, not in a second process beside it (CPU)")
     pl.add_argument("--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the suite, if any)")
     pl.add_argument("--strict", action="store_true", help="treat an inconclusive gate verdict as a failure (exit 1 instead of 3)")
     pl.add_argument("--retention", nargs="?", const="golden/retention", default=None, metavar="TASKS_DIR",
@@ -149,7 +150,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     policy = _policy(args.gates, suite.path)
     run_dir, report = run_pipeline(suite, resolve(cfg.model), adapter, args.reports_dir, options, device=args.device, run_id=args.run_id, training=training, policy=policy,
                                    retention_dir=Path(args.retention) if args.retention else None, retention_limit=args.retention_limit,
-                                   merge_dtype=args.merge_dtype or cfg.merge_dtype)
+                                   merge_dtype=args.merge_dtype or cfg.merge_dtype, parallel_base=False if args.sequential else None)
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {run_dir / 'report.json'}")
     errors = [f for f in report["findings"] if f["level"] == "error"]

@@ -17,6 +17,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, 
 
 from harness.attention import shared_prefix
 from harness.suite import GenerationSettings
+from harness.worker import apply_requested_threads
 
 PRECISIONS = ("float32", "bf16-autocast")
 
@@ -80,6 +81,14 @@ class _KeepFirstLogits(LogitsProcessor):
         if len(self.kept) < self.n:
             self.kept.append(scores.detach().float().cpu().clone())
         return scores
+
+
+class _StepHook(StoppingCriteria):
+    """Never stops anything: applies, between two decode steps, a thread count asked for by another thread."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        apply_requested_threads()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 class _JsonEndCriteria(StoppingCriteria):
@@ -154,7 +163,7 @@ def generate(
             mask[row, prefix_len + width - len(suffix) :] = 1
         cache = _batch_cache(model, prefix_kv, prefix_len, suffixes, width, settings.max_new_tokens, pad_id, device)
         trackers = [JsonObjectTracker(piece_cache, tokenizer.decode) for _ in batch]
-        criteria = StoppingCriteriaList([_JsonEndCriteria(trackers)]) if settings.stop_at_json_end else None
+        criteria = StoppingCriteriaList([_StepHook(), *([_JsonEndCriteria(trackers)] if settings.stop_at_json_end else [])])
         keeper = _KeepFirstLogits(keep_logits) if keep_logits > 0 else None
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
         with torch.inference_mode(), autocast, shared_prefix(prefix_len):
@@ -353,6 +362,7 @@ def replay_greedy(
     out: list[Generation | None] = [None] * len(known)
     order = sorted(range(len(known)), key=lambda i: len(prompts[i]) + len(targets[i]))
     for start in range(0, len(order), max(1, batch_size)):
+        apply_requested_threads()
         batch = order[start : start + batch_size]
         rows = [prompts[i][prefix_len:] + targets[i] for i in batch]
         longest = max(len(r) for r in rows)

@@ -9,6 +9,7 @@ it is saved with, and saved as a standalone safetensors folder.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from harness.parity import PARITY_STEPS, adapter_findings, case_parity, outputs_
 from harness.runner import FORWARD_BATCH, REPLAY_BATCH, EvalOptions, evaluate, generation_keys, report_header, run_id_for
 from harness.suite import Suite
 from harness.train_config import MERGE_DTYPES
+from harness.worker import HEADROOM_BYTES, MIN_CASES, available_memory, decode_memory, start_base_worker
 
 VARIANTS = ("base", "adapter", "merged")
 HEADLINE = ("format_strict", "format_lenient")
@@ -90,6 +92,31 @@ def to_export_dtype(model: Any, export: torch.dtype, device: str) -> dict[str, A
     return info
 
 
+def _worker_plan(asked: bool | None, device: str, cached: bool, missing: int, model: Any, tokenizer: Any, chats: list[Any], batch_size: int, max_new_tokens: int) -> dict[str, Any]:
+    """Whether the base is decoded by a second process beside the adapter, and why (for the report)."""
+    from harness.generate import encode_chats
+
+    def plan(used: bool, reason: str) -> dict[str, Any]:
+        return {"used": used, "reason": reason}
+
+    if asked is False:
+        return plan(False, "turned off (--sequential)")
+    if device != "cpu":
+        return plan(False, f"runs on the CPU only (device {device})")
+    if not cached:
+        return plan(False, "needs the result cache, which is off (--no-cache)")
+    if torch.get_num_threads() < 2:
+        return plan(False, "needs two CPU threads")
+    if missing < (1 if asked else MIN_CASES):
+        return plan(False, f"{missing} base cases to decode (fewer than {MIN_CASES})")
+    length = max(len(p) for p in encode_chats(tokenizer, chats)) + max_new_tokens
+    need = 2 * decode_memory(model, min(batch_size, missing), length) + HEADROOM_BYTES
+    free = available_memory()
+    if free is not None and free < need:
+        return plan(False, f"needs ~{need / 2**30:.1f} GiB of memory for two decoding processes; {free / 2**30:.1f} GiB available")
+    return plan(True, f"{missing} base cases decoded by a second process (1 thread) beside the adapter's decode")
+
+
 def run_pipeline(
     suite: Suite,
     base_ref: ModelRef,
@@ -103,8 +130,13 @@ def run_pipeline(
     retention_dir: Path | None = None,
     retention_limit: int | None = None,
     merge_dtype: str = "auto",
+    parallel_base: bool | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Evaluate the three variants; returns the run folder and the report."""
+    """Evaluate the three variants; returns the run folder and the report.
+
+    `parallel_base`: decode the base in a second process while the adapter decodes (harness.worker);
+    None decides from the device, the cache, the cores, the memory and the number of cases to decode.
+    """
     from peft import PeftModel
 
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -132,7 +164,7 @@ def run_pipeline(
     if cache is not None:
         chats = [suite.chat(c) for c in cases]
         tok_hash, device_type = tokenizer_sha256(tokenizer), next(model.parameters()).device.type
-        gk = {v: generation_keys(suite, cases, chats, keys[v], tok_hash, options, device_type) for v in ("adapter", "merged")}
+        gk = {v: generation_keys(suite, cases, chats, keys[v], tok_hash, options, device_type) for v in VARIANTS}
         parity_keys = [sha256_json({"adapter": a, "merged": m, "steps": PARITY_STEPS}) for a, m in zip(gk["adapter"], gk["merged"])]
         for i, k in enumerate(parity_keys):
             hit = cache.get("parity", k)
@@ -153,13 +185,33 @@ def run_pipeline(
 
             retention[variant] = run_retention(m, tokenizer, variant, retention_dir, cache_dir() / "lm_eval", limit=retention_limit, batch_size=min(options.batch_size, FORWARD_BATCH), cache_key=keys[variant])
 
-    with model.disable_adapter():
-        records["base"], m, t, gens["base"] = evaluate(suite, model, tokenizer, options, cache=cache, model_key=keys["base"])
-        retain("base", model)
-    variants["base"] = {"metrics": m, "timings": t, "weights_sha256": base_hash}
-    records["adapter"], m, t, gens["adapter"] = evaluate(suite, model, tokenizer, options, keep_logits=PARITY_STEPS, cache=cache, model_key=keys["adapter"], regenerate=regenerate)
-    variants["adapter"] = {"metrics": m, "timings": t, "weights_sha256": base_hash, "adapter_sha256": adapter_sha}
-    retain("adapter", model)
+    def evaluate_base(worker_timings: dict[str, Any] | None) -> None:
+        with model.disable_adapter():
+            records["base"], m, t, gens["base"] = evaluate(suite, model, tokenizer, options, cache=cache, model_key=keys["base"])
+            retain("base", model)
+        if worker_timings is not None and t["generated_cases"] == 0:
+            t = {**worker_timings, "score_s": t["score_s"], "worker": "second process, 1 thread, beside the adapter's decode"}
+        variants["base"] = {"metrics": m, "timings": t, "weights_sha256": base_hash}
+
+    missing = sum(not cache.has("generations", k) for k in gk["base"]) if cache is not None else len(cases)
+    worker_plan = _worker_plan(parallel_base, runtime.device, cache is not None, missing, model, tokenizer, [suite.chat(c) for c in cases], options.batch_size, suite.generation.max_new_tokens)
+    worker = start_base_worker(suite.path, base_ref.path, options, keys["base"], runtime.device) if worker_plan["used"] else None
+    try:
+        if worker is None:
+            evaluate_base(None)
+        records["adapter"], m, t, gens["adapter"] = evaluate(suite, model, tokenizer, options, keep_logits=PARITY_STEPS, cache=cache, model_key=keys["adapter"], regenerate=regenerate)
+        variants["adapter"] = {"metrics": m, "timings": t, "weights_sha256": base_hash, "adapter_sha256": adapter_sha}
+        retain("adapter", model)
+        if worker is not None:
+            worker_timings, failure = worker.finish()
+            if failure:
+                worker_plan.update(used=False, reason=f"the base worker failed ({failure}); the base was decoded here")
+                print(f"harness: {worker_plan['reason']}", file=sys.stderr)
+            evaluate_base(worker_timings)
+    except BaseException:
+        if worker is not None:
+            worker.stop()
+        raise
 
     merge_started = time.perf_counter()
     merged = model.merge_and_unload()
@@ -211,7 +263,7 @@ def run_pipeline(
         "comparisons": {"base->adapter": _delta(headline["base"], headline["adapter"]), "adapter->merged": _delta(headline["adapter"], headline["merged"])},
         "parity": parity,
         "findings": findings,
-        "timings": {"load_s": round(loaded - started, 3), "total_s": round(time.perf_counter() - started, 3)},
+        "timings": {"load_s": round(loaded - started, 3), "total_s": round(time.perf_counter() - started, 3), "base_worker": worker_plan},
         "cache": cache.stats() if cache is not None else None,
     }
     rows = []
@@ -292,7 +344,10 @@ def pipeline_summary(report: dict[str, Any]) -> str:
     tr = report.get("training") or {}
     if tr:
         lines += ["", f"Training: {tr.get('steps')} steps, {tr.get('tokens_per_s')} tokens/s, precision {tr.get('precision')}, train loss {tr.get('train_loss')}"]
-    lines += ["", "Generation seconds: " + ", ".join(f"{v} {report['variants'][v]['timings']['generate_s']}" for v in VARIANTS), ""]
+    tv = {v: report["variants"][v]["timings"] for v in VARIANTS}
+    worker = report["timings"].get("base_worker") or {}
+    lines += ["", f"Evaluation: {report['timings']['total_s']} s in all; generation seconds: base {tv['base']['generate_s']}, adapter {tv['adapter']['generate_s']}, "
+              f"merged {tv['merged']['generate_s']} (+ replay {tv['merged'].get('replay_s')}). Base: {worker.get('reason', 'decoded in this process')}.", ""]
     return "\n".join(lines)
 
 

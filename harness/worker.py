@@ -1,0 +1,173 @@
+"""The base variant decoded in a second process while this one decodes the adapter (CPU only).
+
+Why: on this 2-core CPU a decode step at batch 154 is bound by fp32 matrix products that two threads
+run only ~1.6x faster than one, so two one-thread processes, each with its own full batch, get more done
+than one two-thread process doing one variant after the other (measured 1.31x: two suites in 90 s
+against 2 x 58-60 s). The base needs no adapter, so it is the variant that can run beside the adapter.
+The worker writes its generations into the shared result cache (SQLite, WAL) and the pipeline reads
+them back as cache hits; when it finishes, the pipeline's own decode goes back to every thread.
+
+fp32 decoding gives the same tokens at one or two threads (tested), so this changes no output.
+Training is never run beside anything: its bf16 products depend on the thread count, and an adapter's
+hash must not depend on timing. Anything unexpected (no memory to spare, a crashed worker) falls back
+to decoding the base here, after the adapter, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MIN_CASES = 32  # below this a second process (imports, model load: ~6 s) costs more than it saves
+HEADROOM_BYTES = 1 << 30
+
+_requested: list[int] = []
+
+
+def request_threads(n: int) -> None:
+    """Ask the decoding thread to use n intra-op threads from its next step (any thread may ask).
+
+    torch's thread count belongs to the thread that sets it, so the decode loops apply the request
+    themselves (`apply_requested_threads`) instead of the watcher setting it.
+    """
+    _requested.append(n)
+
+
+def apply_requested_threads() -> None:
+    """Called by the decode and replay loops once per step: cheap when nothing was asked."""
+    if _requested:
+        n = _requested[-1]
+        _requested.clear()
+        torch.set_num_threads(n)
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes; None where the system does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def decode_memory(model: Any, rows: int, length: int) -> int:
+    """Bytes a decoding process needs: its fp32 weights plus a static key/value cache of rows x length."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    cache = int(cfg.num_hidden_layers) * 2 * rows * kv_heads * length * head_dim * 4
+    return weights + cache
+
+
+@dataclass
+class BaseWorker:
+    """A running worker; `finish()` waits for it and returns its timings, or None if it failed."""
+
+    proc: subprocess.Popen[bytes]
+    folder: Path
+    threads_after: int
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        def watch() -> None:
+            self.proc.wait()
+            request_threads(self.threads_after)
+
+        threading.Thread(target=watch, name="base-worker-watch", daemon=True).start()
+
+    def finish(self) -> tuple[dict[str, Any] | None, str]:
+        """Wait for the worker; (its evaluate() timings, "") or (None, why it failed)."""
+        code = self.proc.wait()
+        apply_requested_threads()
+        torch.set_num_threads(self.threads_after)
+        try:
+            if code == 0:
+                return json.loads((self.folder / "timings.json").read_text(encoding="utf-8")), ""
+            tail = (self.folder / "worker.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+            return None, f"exit code {code}: " + " | ".join(tail)
+        except (OSError, ValueError) as exc:
+            return None, f"no result ({type(exc).__name__}: {exc})"
+        finally:
+            self._cleanup()
+
+    def stop(self) -> None:
+        """Kill the worker (the pipeline failed or was interrupted) and restore the thread count."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        torch.set_num_threads(self.threads_after)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for name in ("spec.json", "timings.json", "worker.log"):
+            (self.folder / name).unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass
+
+
+def start_base_worker(suite_path: Path, model_path: Path, options: Any, model_key: str, device: str) -> BaseWorker:
+    """Start `python -m harness.worker` on the base model with one thread; this process drops to one too."""
+    folder = Path(tempfile.mkdtemp(prefix="harness-base-worker-"))
+    spec = {
+        "suite": str(suite_path),
+        "model": str(model_path),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        "model_key": model_key,
+        "device": device,
+        "timings": str(folder / "timings.json"),
+    }
+    (folder / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(folder / "worker.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(folder / "spec.json")], stdout=log, stderr=subprocess.STDOUT, env=env)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - 1))
+    return BaseWorker(proc, folder, threads)
+
+
+def _run(spec_file: Path) -> int:
+    torch.set_num_threads(1)
+    from harness.cache import ResultCache
+    from harness.io import atomic_write_json
+    from harness.loading import Runtime, load_model, load_tokenizer
+    from harness.models import resolve
+    from harness.runner import EvalOptions, evaluate
+    from harness.suite import load_suite
+
+    spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    opts = dict(spec["options"])
+    opts["canaries"] = tuple(opts.get("canaries") or ())
+    opts["cache_path"] = Path(opts["cache_path"])
+    opts["progress"] = False
+    options = EvalOptions(**opts)
+    suite = load_suite(spec["suite"])
+    ref = resolve(spec["model"])
+    model = load_model(ref, Runtime.pick(spec["device"]))
+    tokenizer = load_tokenizer(ref)
+    cache = ResultCache(options.cache_path)
+    try:
+        _, _, timings, _ = evaluate(suite, model, tokenizer, options, cache=cache, model_key=spec["model_key"])
+    finally:
+        cache.close()
+    atomic_write_json(Path(spec["timings"]), timings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_run(Path(sys.argv[1])))
