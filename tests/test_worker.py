@@ -113,3 +113,28 @@ def test_thread_requests_apply_on_the_decoding_thread() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="the worker needs two CPU threads")
+def test_worker_is_killed_when_the_pipeline_fails(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[Any] = []
+    real_start, real_evaluate = pipeline.start_base_worker, pipeline.evaluate
+
+    def start(*args: Any) -> Any:
+        started.append(real_start(*args))
+        return started[-1]
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("model_key", "").startswith("adapter:"):
+            raise RuntimeError("adapter decode broke")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "start_base_worker", start)
+    monkeypatch.setattr(pipeline, "evaluate", evaluate)
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="adapter decode broke"):
+        _run(tiny_model_dir, tmp_path, "fails", True)
+    assert len(started) == 1
+    assert started[0].proc.poll() is not None  # not left running
+    assert not started[0].folder.exists()
+    assert torch.get_num_threads() == threads
