@@ -29,7 +29,7 @@ from harness.parity import PARITY_STEPS, adapter_findings, case_parity, outputs_
 from harness.runner import FORWARD_BATCH, REPLAY_BATCH, EvalOptions, evaluate, generation_keys, report_header, run_id_for
 from harness.suite import Suite
 from harness.train_config import MERGE_DTYPES
-from harness.worker import HEADROOM_BYTES, MIN_CASES, available_memory, decode_memory, start_base_worker
+from harness.worker import plan_base_worker, start_base_worker
 
 VARIANTS = ("base", "adapter", "merged")
 HEADLINE = ("format_strict", "format_lenient")
@@ -92,31 +92,6 @@ def to_export_dtype(model: Any, export: torch.dtype, device: str) -> dict[str, A
     return info
 
 
-def _worker_plan(asked: bool | None, device: str, cached: bool, missing: int, model: Any, tokenizer: Any, chats: list[Any], batch_size: int, max_new_tokens: int) -> dict[str, Any]:
-    """Whether the base is decoded by a second process beside the adapter, and why (for the report)."""
-    from harness.generate import encode_chats
-
-    def plan(used: bool, reason: str) -> dict[str, Any]:
-        return {"used": used, "reason": reason}
-
-    if asked is False:
-        return plan(False, "turned off (--sequential)")
-    if device != "cpu":
-        return plan(False, f"runs on the CPU only (device {device})")
-    if not cached:
-        return plan(False, "needs the result cache, which is off (--no-cache)")
-    if torch.get_num_threads() < 2:
-        return plan(False, "needs two CPU threads")
-    if missing < (1 if asked else MIN_CASES):
-        return plan(False, f"{missing} base cases to decode (fewer than {MIN_CASES})")
-    length = max(len(p) for p in encode_chats(tokenizer, chats)) + max_new_tokens
-    need = 2 * decode_memory(model, min(batch_size, missing), length) + HEADROOM_BYTES
-    free = available_memory()
-    if free is not None and free < need:
-        return plan(False, f"needs ~{need / 2**30:.1f} GiB of memory for two decoding processes; {free / 2**30:.1f} GiB available")
-    return plan(True, f"{missing} base cases decoded by a second process (1 thread) beside the adapter's decode")
-
-
 def run_pipeline(
     suite: Suite,
     base_ref: ModelRef,
@@ -158,11 +133,11 @@ def run_pipeline(
     lora = f"{adapter_sha}:{sha256_file(adapter_dir / 'adapter_config.json')}"
     keys = {"base": f"base:{base_hash}:{dtype}", "adapter": f"adapter:{base_hash}:{lora}:{dtype}", "merged": f"merged:{base_hash}:{lora}:{dtype}:{dtype_name(export)}"}
     cases = suite.cases[: options.limit] if options.limit else suite.cases
+    chats = [suite.chat(c) for c in cases]
     parity_keys: list[str] = []
     cached_parity: dict[int, dict[str, Any]] = {}
     regenerate: frozenset[str] = frozenset()
     if cache is not None:
-        chats = [suite.chat(c) for c in cases]
         tok_hash, device_type = tokenizer_sha256(tokenizer), next(model.parameters()).device.type
         gk = {v: generation_keys(suite, cases, chats, keys[v], tok_hash, options, device_type) for v in VARIANTS}
         parity_keys = [sha256_json({"adapter": a, "merged": m, "steps": PARITY_STEPS}) for a, m in zip(gk["adapter"], gk["merged"])]
@@ -194,7 +169,7 @@ def run_pipeline(
         variants["base"] = {"metrics": m, "timings": t, "weights_sha256": base_hash}
 
     missing = sum(not cache.has("generations", k) for k in gk["base"]) if cache is not None else len(cases)
-    worker_plan = _worker_plan(parallel_base, runtime.device, cache is not None, missing, model, tokenizer, [suite.chat(c) for c in cases], options.batch_size, suite.generation.max_new_tokens)
+    worker_plan = plan_base_worker(parallel_base, runtime.device, cache is not None, missing, model, tokenizer, chats, options.batch_size, suite.generation.max_new_tokens)
     worker = start_base_worker(suite.path, base_ref.path, options, keys["base"], runtime.device) if worker_plan["used"] else None
     try:
         if worker is None:

@@ -21,8 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +72,31 @@ def decode_memory(model: Any, rows: int, length: int) -> int:
     return weights + cache
 
 
+def plan_base_worker(asked: bool | None, device: str, cached: bool, missing: int, model: Any, tokenizer: Any, chats: list[Any], batch_size: int, max_new_tokens: int) -> dict[str, Any]:
+    """Whether the base is decoded by a second process beside the adapter, and why (for the report)."""
+    from harness.generate import encode_chats  # generate imports this module
+
+    def plan(used: bool, reason: str) -> dict[str, Any]:
+        return {"used": used, "reason": reason}
+
+    if asked is False:
+        return plan(False, "turned off (--sequential)")
+    if device != "cpu":
+        return plan(False, f"runs on the CPU only (device {device})")
+    if not cached:
+        return plan(False, "needs the result cache, which is off (--no-cache)")
+    if torch.get_num_threads() < 2:
+        return plan(False, "needs two CPU threads")
+    if missing < (1 if asked else MIN_CASES):
+        return plan(False, f"{missing} base cases to decode (fewer than {MIN_CASES})")
+    length = max(len(p) for p in encode_chats(tokenizer, chats)) + max_new_tokens
+    need = 2 * decode_memory(model, min(batch_size, missing), length) + HEADROOM_BYTES
+    free = available_memory()
+    if free is not None and free < need:
+        return plan(False, f"needs ~{need / 2**30:.1f} GiB of memory for two decoding processes; {free / 2**30:.1f} GiB available")
+    return plan(True, f"{missing} base cases decoded by a second process (1 thread) beside the adapter's decode")
+
+
 @dataclass
 class BaseWorker:
     """A running worker; `finish()` waits for it and returns its timings, or None if it failed."""
@@ -80,7 +104,6 @@ class BaseWorker:
     proc: subprocess.Popen[bytes]
     folder: Path
     threads_after: int
-    started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
         def watch() -> None:
@@ -92,8 +115,7 @@ class BaseWorker:
     def finish(self) -> tuple[dict[str, Any] | None, str]:
         """Wait for the worker; (its evaluate() timings, "") or (None, why it failed)."""
         code = self.proc.wait()
-        apply_requested_threads()
-        torch.set_num_threads(self.threads_after)
+        self._restore_threads()
         try:
             if code == 0:
                 return json.loads((self.folder / "timings.json").read_text(encoding="utf-8")), ""
@@ -109,8 +131,13 @@ class BaseWorker:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        torch.set_num_threads(self.threads_after)
+        self._restore_threads()
         self._cleanup()
+
+    def _restore_threads(self) -> None:
+        """Back to the thread count from before the worker; a pending request from the watcher is dropped."""
+        _requested.clear()
+        torch.set_num_threads(self.threads_after)
 
     def _cleanup(self) -> None:
         for name in ("spec.json", "timings.json", "worker.log"):

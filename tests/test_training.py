@@ -67,13 +67,13 @@ def test_unknown_config_key_is_an_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert "training.learning_rat" in err and "did you mean 'learning_rate'" in err
 
 
-
 def test_bad_merge_dtype_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text((REPO / "trainers/configs/demo.yaml").read_text(encoding="utf-8") + "merge_dtype: int8\n", encoding="utf-8")
     assert main(["doctor", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "merge_dtype" in err and "int8" in err and "Traceback" not in err
+
 
 def test_base_weights_frozen_and_adapter_trained(tiny_model_dir: Path, tmp_path: Path) -> None:
     before = load_file(tiny_model_dir / "model.safetensors")

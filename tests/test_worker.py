@@ -12,10 +12,11 @@ import torch
 
 import harness.pipeline as pipeline
 from harness.models import resolve
-from harness.pipeline import _worker_plan, run_pipeline
+from harness.pipeline import run_pipeline
 from harness.runner import EvalOptions
 from harness.suite import load_suite
-from harness.worker import MIN_CASES, apply_requested_threads, request_threads
+import harness.worker as worker
+from harness.worker import MIN_CASES, apply_requested_threads, plan_base_worker, request_threads
 from tests.test_pipeline import _adapter, _small_suite
 
 
@@ -79,7 +80,7 @@ def test_worker_plan_says_why_not(tiny_model_dir: Path) -> None:
 
     def plan(**kw: Any) -> dict[str, Any]:
         args: dict[str, Any] = {"asked": None, "device": "cpu", "cached": True, "missing": MIN_CASES, "model": model, "tokenizer": tok, "chats": chats, "batch_size": 160, "max_new_tokens": 16}
-        return _worker_plan(**{**args, **kw})
+        return plan_base_worker(**{**args, **kw})
 
     assert plan(asked=False)["reason"] == "turned off (--sequential)"
     assert "CPU only" in plan(device="cuda")["reason"]
@@ -97,8 +98,8 @@ def test_worker_plan_respects_memory(tiny_model_dir: Path, monkeypatch: pytest.M
         pytest.skip("the worker needs two CPU threads")
     ref = resolve(str(tiny_model_dir))
     model, tok = load_model(ref, Runtime.pick("cpu")), load_tokenizer(ref)
-    monkeypatch.setattr(pipeline, "available_memory", lambda: 1 << 20)
-    p = _worker_plan(None, "cpu", True, MIN_CASES, model, tok, [[{"role": "user", "content": "hi"}]], 160, 16)
+    monkeypatch.setattr(worker, "available_memory", lambda: 1 << 20)
+    p = plan_base_worker(None, "cpu", True, MIN_CASES, model, tok, [[{"role": "user", "content": "hi"}]], 160, 16)
     assert p["used"] is False and "GiB available" in p["reason"]
 
 
