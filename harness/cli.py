@@ -82,14 +82,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also run capability retention (lm-eval tasks, default golden/retention) on all three variants; adds minutes")
     pl.add_argument("--retention-limit", type=_positive_int, default=None, help="only the first N items of each retention task")
 
-    gt = sub.add_parser("gate", help="evaluate (or re-evaluate) the gate policy on an existing pipeline run")
+    cp = sub.add_parser("compare", help="evaluate any number of named variants (base, adapters, merged folders, GGUF files) side by side")
+    cp.add_argument("run_file", nargs="?", type=Path, default=None, help="run file (YAML: suite, base, variants, gates); or use the flags below")
+    cp.add_argument("--suite", default=None, help="golden suite (with the flags, instead of a run file)")
+    cp.add_argument("--base", default="smollm2-135m-instruct", help="base model for the flags: embedded name or local folder")
+    cp.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="an adapter variant (repeat for more)")
+    cp.add_argument("--merged", action="append", default=[], metavar="NAME=DIR[@FROM]", help="a merged folder, optionally derived from variant FROM")
+    cp.add_argument("--gguf", action="append", default=[], metavar="NAME=FILE[@FROM]", help="a GGUF file, optionally derived from variant FROM")
+    cp.add_argument("--no-base", action="store_true", help="with the flags: leave the base model out of the comparison")
+    cp.add_argument("--gates", type=Path, default=None, help="gate policy (default: the run file's, else gates.yaml next to the suite)")
+    cp.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    cp.add_argument("--run-id", default=None)
+    cp.add_argument("--batch-size", type=_positive_int, default=GENERATION_BATCH, help=f"cases per generation batch (default {GENERATION_BATCH})")
+    cp.add_argument("--limit", type=_positive_int, default=None, help="only the first N cases (smoke runs)")
+    cp.add_argument("--device", default="auto")
+    cp.add_argument("--no-progress", action="store_true")
+    cp.add_argument("--no-cache", action="store_true", help="generate everything again instead of reusing cached results")
+    cp.add_argument("--strict", action="store_true", help="treat an inconclusive gate verdict as a failure (exit 1 instead of 3)")
+
+    gt = sub.add_parser("gate", help="evaluate (or re-evaluate) the gate policy on an existing run")
     gt.add_argument("run", help="run id (folder name in the reports directory)")
     gt.add_argument("--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the run's suite)")
     gt.add_argument("--reports-dir", type=Path, default=Path("reports"))
     gt.add_argument("--strict", action="store_true", help="treat inconclusive as failure")
 
-    pr = sub.add_parser("promote", help="make a run the champion (only if every gate passed)")
+    pr = sub.add_parser("promote", help="make a run's variant the champion (only if every gate passed)")
     pr.add_argument("run")
+    pr.add_argument("--variant", default=None, help="which variant becomes the champion (default: the run's only adapter)")
     pr.add_argument("--reports-dir", type=Path, default=Path("reports"))
 
     so = sub.add_parser("signoff", help="record an approve/reject decision in the hash-chained ledger")
@@ -161,6 +180,36 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return gate_exit_code(report["gates"]["verdict"], args.strict) if report.get("gates") else EXIT_OK
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import run_variants
+    from harness.runner import EvalOptions
+    from harness.runs import plan_run, spec_from_flags
+
+    flags = bool(args.adapter or args.merged or args.gguf or args.suite)
+    if args.run_file is not None and flags:
+        raise HarnessInputError(Problem("harness compare", "takes a run file or variant flags, not both", "put every variant in the run file, or drop the run file"))
+    if args.run_file is None:
+        if not args.suite:
+            raise HarnessInputError(Problem("harness compare", "needs a run file or --suite with variants", "e.g. harness compare examples/compare_support_vi.yaml"))
+        run: Any = spec_from_flags(args.suite, args.base, args.adapter, args.merged, args.gguf, with_base=not args.no_base)
+    else:
+        run = args.run_file
+    if args.reports_dir.exists() and not args.reports_dir.is_dir():
+        raise HarnessInputError(Problem(str(args.reports_dir), "is not a folder", "pass a folder for --reports-dir"))
+    options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress, limit=args.limit, cache_path=None if args.no_cache else default_cache_path())
+    plan = plan_run(run, options, device=args.device, run_id=args.run_id, gates_path=args.gates)
+    run_dir, report = run_variants(plan, args.reports_dir)
+    print((run_dir / "summary.md").read_text(encoding="utf-8"))
+    print(f"report: {run_dir / 'report.json'}")
+    errors = [f for f in report["findings"] if f["level"] == "error"]
+    for f in errors:
+        print(f"harness: finding: {f['code']} ({f.get('variant')}): {f['message']}", file=sys.stderr)
+    if report.get("gates"):
+        code = gate_exit_code(report["gates"]["verdict"], args.strict)
+        return max(code, EXIT_GATE_FAILED) if errors and code == EXIT_OK else code
+    return EXIT_GATE_FAILED if errors else EXIT_OK
+
+
 def _policy(path: Path | None, suite_dir: Path) -> Any:
     from harness.gates import GATES_FILE, load_policy
 
@@ -195,8 +244,8 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     from harness.promote import promote
 
-    entry = promote(args.reports_dir, args.run)
-    print(f"champion: {entry['run_id']} (was {entry['previous']})")
+    entry = promote(args.reports_dir, args.run, args.variant)
+    print(f"champion: {entry['run_id']} variant {entry['variant']} (was {entry['previous']})")
     return EXIT_OK
 
 
@@ -291,7 +340,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"models": _cmd_models, "check": _cmd_check, "eval": _cmd_eval, "train": _cmd_train, "doctor": _cmd_doctor, "pipeline": _cmd_pipeline,
+    handlers = {"models": _cmd_models, "check": _cmd_check, "eval": _cmd_eval, "train": _cmd_train, "doctor": _cmd_doctor, "pipeline": _cmd_pipeline, "compare": _cmd_compare,
                 "gate": _cmd_gate, "promote": _cmd_promote, "signoff": _cmd_signoff, "ledger": _cmd_ledger, "gguf": _cmd_gguf}
     try:
         return handlers[args.command](args)

@@ -16,8 +16,13 @@ from typing import Any
 
 from harness.errors import HarnessInputError, Problem
 from harness.io import read_jsonl
+from harness.prompts import PromptFormat, from_training_data
 from harness.suite import ROLES, Suite
 from harness.train_config import DataConfig
+
+INSTRUCTION = "{instruction}"
+UNKNOWN_TEXT_FORMAT = ("text data without data.template: where the user's message ends and the answer starts is "
+                       "unknown, so is the prompt format to evaluate the candidate in")
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,41 @@ def _text_example(obj: dict[str, Any], where: str, lineno: int, problems: list[P
         problems.append(Problem(f"{where}: key 'text'", "missing or empty", "write the training text"))
         return None
     return Example(lineno, None, None, text=text)
+
+
+def template_parts(template: str) -> tuple[str, str]:
+    """The text before and after `{instruction}` (the template has it once: load_train_config checks)."""
+    head, tail = template.split(INSTRUCTION, 1)
+    return head, tail
+
+
+def split_text(text: str, template: str) -> tuple[str, str] | None:
+    """(user message, answer) of a text example written as `template` followed by the answer; None if it is not.
+
+    The message ends at the first occurrence of the part after `{instruction}`: the evaluation prompt is then
+    `template` with the message filled in, byte for byte the start of the training text.
+    """
+    head, tail = template_parts(template)
+    if not text.startswith(head):
+        return None
+    end = text.find(tail, len(head)) if tail else -1
+    if end < 0:
+        return None
+    return text[len(head):end], text[end + len(tail):]
+
+
+def evaluation_format(cfg: DataConfig, data_suite_system: str | None,
+                      eval_suite_system: str | None) -> tuple[PromptFormat | None, str | None]:
+    """The prompt format a candidate trained on this data must be evaluated in, or None and why it is unknown.
+
+    `data_suite_system` is the system prompt of `data.suite` (None without one): the one messages training
+    prepends unless `data.system_prompt` overrides it. `eval_suite_system` is the evaluation suite's, which the
+    default chat format sends; training's own system prompt is passed on literally when they differ.
+    """
+    if cfg.format == "text" and cfg.template is None:
+        return None, UNKNOWN_TEXT_FORMAT
+    trained_system = cfg.system_prompt if cfg.system_prompt is not None else data_suite_system
+    return from_training_data(cfg.format, cfg.template, trained_system or "", eval_suite_system), None
 
 
 def split(examples: list[Example], fraction: float, seed: int, sha256: str) -> DataSplit:

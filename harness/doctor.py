@@ -13,13 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from harness.data import DataSplit, Example
+from harness.data import UNKNOWN_TEXT_FORMAT, DataSplit, Example, split_text, template_parts
 from harness.hygiene import find_leakage
+from harness.prompts import PromptFormat, from_training_data
 from harness.suite import Suite
 from harness.train_config import TrainConfig
 
 LR_WARN = 1e-3
 TRUNCATION_WARN = 0.02
+TEMPLATE_MISMATCH_WARN = 0.05  # texts off data.template: up to this share stray lines (warning), above a wrong template
+SHOW_LINES = 3
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ def diagnose(
         findings.append(Finding("error", "validation_overlap", f"{len(overlap)} validation examples also appear in training (lines {overlap[:5]})", "deduplicate the data"))
 
     findings += check_labels(tokenizer, collator, data.train)
+    findings += prompt_format_findings(cfg, tokenizer, data, suite)
     if suite is not None:
         findings += golden_leakage(suite, data.train + data.validation)
     if not data.train:
@@ -149,3 +153,89 @@ def golden_leakage(suite: Suite, examples: Sequence[Example]) -> list[Finding]:
         pairs = [(e["line"], e["case"]) for e in near]
         out.append(Finding("error", "golden_near_duplicate", f"{len(near)} training examples nearly duplicate golden cases of {suite.name} (line, case): {pairs[:5]}", "remove or rewrite them"))
     return out
+
+
+def prompt_format_findings(cfg: TrainConfig, tokenizer: Any, data: DataSplit, suite: Suite | None) -> list[Finding]:
+    """Training prompts the evaluation would not reproduce: the candidate is scored in the format it learned.
+
+    Messages data is evaluated through the same chat template it was trained with; template formats
+    (instruction, text) are checked here: a format that cannot be known, texts that do not follow the
+    template, and evaluation prompts that end in the middle of a training token.
+    """
+    d = cfg.data
+    if d.format == "messages":
+        return []
+    if d.template is None:  # text (instruction requires a template: load_train_config)
+        what = f"{UNKNOWN_TEXT_FORMAT}; the candidate's metadata records prompt_format: null"
+        return [Finding("warning", "eval_format_unknown", what,
+                        "set data.template to the part of each text before the answer, {instruction} standing for the "
+                        "user's message (e.g. \"<s>[INST] {instruction} [/INST]\" for texts like "
+                        "\"<s>[INST] question [/INST] answer </s>\")")]
+    examples = sorted(data.train + data.validation, key=lambda e: e.line)
+    findings: list[Finding] = []
+    eos = tokenizer.eos_token or ""
+    pairs: list[tuple[Example, str, str]] = []  # example, evaluation prompt, training text (as TRL tokenizes it)
+    if d.format == "text":
+        off = _off_template(examples, d.template, eos, pairs)
+        if off:
+            few = len(off) <= TEMPLATE_MISMATCH_WARN * len(examples)
+            shown = "; ".join(off[:SHOW_LINES]) + (" ..." if len(off) > SHOW_LINES else "")
+            fix = "fix or drop those lines" if few else (
+                "set data.template to the text that comes before the answer in every line ({instruction} for the "
+                "user's message), or rewrite the lines that do not follow it")
+            what = (f"{len(off)} of {len(examples)} texts in {d.path} do not follow data.template {d.template!r}, "
+                    f"so the candidate is evaluated on prompts laid out unlike them: {shown}")
+            findings.append(Finding("warning" if few else "error", "template_mismatch", what, fix))
+    else:
+        pairs = [(e, e.prompt, e.prompt + e.completion + eos) for e in examples if isinstance(e.prompt, str)]
+    fmt = from_training_data(d.format, d.template, d.system_prompt, suite.system_prompt if suite is not None else None)
+    findings += token_seams(tokenizer, fmt, pairs)
+    if suite is not None and suite.system_prompt:
+        what = (f"the candidate is evaluated in its training format ({fmt.describe()}), without the system prompt of "
+                f"suite {suite.name}: it was trained without it (chat variants, such as the base, still get it)")
+        fix = "none needed; to train with the suite's instructions, use data.format: messages with data.suite set"
+        findings.append(Finding("info", "eval_without_suite_system_prompt", what, fix))
+    return findings
+
+
+def _off_template(examples: Sequence[Example], template: str, eos: str,
+                  pairs: list[tuple[Example, str, str]]) -> list[str]:
+    """Why each text does not follow the template; the ones that do go to `pairs` for the token check."""
+    head, tail = template_parts(template)
+    off: list[str] = []
+    for e in examples:
+        text = e.text or ""
+        parts = split_text(text, template)
+        if parts is None:
+            why = f"does not start with {head!r}" if not text.startswith(head) else f"has no {tail!r} after the message"
+            off.append(f"line {e.line} {why}")
+            continue
+        pairs.append((e, text[: len(text) - len(parts[1])], text if text.endswith(eos) else text + eos))
+    return off
+
+
+def token_seams(tokenizer: Any, fmt: PromptFormat, pairs: Sequence[tuple[Example, str, str]]) -> list[Finding]:
+    """Evaluation prompts whose tokens do not start the training tokens (TRL tokenizes strings with special tokens).
+
+    The classic case is a template ending in a space: training reads ' {"' as one token, the evaluation
+    prompt ends in a lone ' ' the model never saw there, and its first answer token changes.
+    """
+    seams: list[str] = []
+    for e, prompt, full in pairs:
+        p_ids = fmt.encode(tokenizer, prompt)
+        f_ids = [int(t) for t in tokenizer(full, add_special_tokens=True)["input_ids"]]
+        if f_ids[: len(p_ids)] == p_ids:
+            continue
+        if seams:
+            seams.append(f"line {e.line}")
+            continue
+        k = next((i for i, (a, b) in enumerate(zip(p_ids, f_ids)) if a != b), min(len(p_ids), len(f_ids)))
+        ends, reads = tokenizer.decode(p_ids[k:]), tokenizer.decode(f_ids[k:k + 1])
+        seams.append(f"line {e.line}: the prompt ends in {ends!r} where training reads {reads!r}")
+    if not seams:
+        return []
+    shown = ", ".join(seams[:SHOW_LINES]) + (", ..." if len(seams) > SHOW_LINES else "")
+    what = (f"{len(seams)} of {len(pairs)} evaluation prompts end inside a token of their training text, so the "
+            f"candidate continues from a token split it never saw in training ({shown})")
+    fix = "end data.template where a token ends: usually drop its trailing space, the answer's first token carries it"
+    return [Finding("warning", "prompt_token_boundary", what, fix)]

@@ -135,11 +135,12 @@ def generate(
     progress: bool = True,
     share_prefix: bool = True,
     keep_logits: int = 0,
+    prompt_ids: Sequence[list[int]] | None = None,
 ) -> list[Generation]:
-    """Greedy outputs for every chat, in input order."""
+    """Greedy outputs for every chat (or for `prompt_ids`, prompts already encoded in a variant's format), in input order."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
-    prompts = encode_chats(tokenizer, chats)
+    prompts = [list(p) for p in prompt_ids] if prompt_ids is not None else encode_chats(tokenizer, chats)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = _eos_ids(model, tokenizer)
     device = next(model.parameters()).device
@@ -337,6 +338,7 @@ def replay_greedy(
     known: Sequence[Generation],
     batch_size: int = 16,
     keep_logits: int = 0,
+    prompt_ids: Sequence[list[int]] | None = None,
 ) -> list[Generation | None]:
     """Check in one forward pass per batch whether `model` would greedily produce each known output.
 
@@ -349,7 +351,7 @@ def replay_greedy(
     """
     from transformers import DynamicCache
 
-    prompts = encode_chats(tokenizer, chats)
+    prompts = [list(p) for p in prompt_ids] if prompt_ids is not None else encode_chats(tokenizer, chats)
     eos_ids = set(_eos_ids(model, tokenizer))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device

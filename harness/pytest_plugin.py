@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessInputError
-from harness.gates import GATES_FILE, PAIRED, CheckSpec, GatePolicy, load_policy
+from harness.gates import GATES_FILE, CheckSpec, GatePolicy, VariantInfo, expected_check_ids, load_policy, pipeline_variants
 
 RESULTS = pytest.StashKey[dict[str, dict[str, Any]]]()
 INCONCLUSIVE = pytest.StashKey[list[str]]()
@@ -25,7 +25,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--harness-config", default=None, help="training preset to run (default: the policy's `pipeline`)")
     g.addoption("--harness-adapter", default=None, help="evaluate this adapter folder instead of training")
     g.addoption("--harness-model", default=None, help="override the preset's base model")
-    g.addoption("--harness-run", default=None, help="gate an existing pipeline run (folder name in the reports dir) instead of running")
+    g.addoption("--harness-run", default=None, help="gate an existing run (folder name in the reports dir) instead of running")
+    g.addoption("--harness-run-file", default=None, help="run this run file (harness compare) instead of the policy's `run` or `pipeline`")
     g.addoption("--harness-reports-dir", default="reports", help="where run folders go (default: reports)")
     g.addoption("--harness-strict", action="store_true", help="an inconclusive gate fails")
     g.addoption("--harness-no-cache", action="store_true", help="do not reuse cached generations")
@@ -51,17 +52,34 @@ class GateFile(pytest.File):
             policy = load_policy(self.path)
         except HarnessInputError as exc:
             raise self.CollectError(exc.render()) from None
+        try:
+            infos = _collected_variants(self.config, policy)
+        except HarnessInputError as exc:
+            raise self.CollectError(exc.render()) from None
         items: list[pytest.Item] = []
         for spec in policy.checks:
-            for check_id in _expected_ids(spec):
+            for check_id in expected_check_ids(spec, infos) or [spec.id]:
                 items.append(GateItem.from_parent(self, name=check_id, spec=spec, policy=policy))
         return items
 
 
-def _expected_ids(spec: CheckSpec) -> list[str]:
-    if spec.kind in ("parity", "leakage"):
-        return [spec.id]
-    return [f"{v}.{spec.id}" for v in spec.variants if not (spec.kind in PAIRED and spec.baseline == v)]
+def _run_file(config: pytest.Config, policy: GatePolicy) -> str | None:
+    if config.getoption("--harness-run-file"):
+        return str(config.getoption("--harness-run-file"))
+    if config.getoption("--harness-config"):
+        return None
+    return policy.run
+
+
+def _collected_variants(config: pytest.Config, policy: GatePolicy) -> list[VariantInfo]:
+    """The variants the session's run will have: from the run file (read, nothing loaded), else the pipeline's three."""
+    run_file = _run_file(config, policy)
+    if run_file is None or config.getoption("--harness-run"):
+        return pipeline_variants()
+    from harness.variants import load_run_file
+
+    spec = load_run_file(run_file)
+    return [VariantInfo(v.name, v.kind, v.derived_from) for v in spec.variants]
 
 
 class GateFailure(Exception):
@@ -88,6 +106,8 @@ class GateItem(pytest.Item):
         for c in checks:
             if c["verdict"] == "fail":
                 raise GateFailure(c)
+        if all(c["verdict"] == "not_applicable" for c in checks):
+            pytest.skip("not applicable: " + "; ".join(c["explanation"] for c in checks))
         inconclusive = [c for c in checks if c["verdict"] == "inconclusive"]
         if inconclusive:
             self.config.stash[INCONCLUSIVE].append(self.name)
@@ -154,9 +174,19 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
     existing = config.getoption("--harness-run")
     if existing:
         return regate(reports, existing, policy)[1]
+    run_file = _run_file(config, policy)
+    if run_file is not None:
+        from harness.runs import plan_run
+
+        plan = plan_run(Path(run_file), EvalOptions(progress=False, cache_path=None if config.getoption("--harness-no-cache") else default_path()),
+                        policy_override=policy)
+        from harness.compare import run_variants
+
+        return run_variants(plan, reports)[1]
     preset = config.getoption("--harness-config") or policy.pipeline
     if not preset:
-        raise HarnessInputError(Problem(f"{gates_file}: key 'pipeline'", "missing", "name the training preset to run, or pass --harness-config / --harness-run"))
+        raise HarnessInputError(Problem(f"{gates_file}: key 'pipeline'", "missing",
+                                        "name the training preset (pipeline:) or a run file (run:) to run, or pass --harness-config / --harness-run-file / --harness-run"))
     cfg = load_train_config(Path(preset)).with_overrides(config.getoption("--harness-model"))
     suite = load_suite(gates_file.parent)
     from trainers.sft_recipe import candidate_adapter

@@ -20,6 +20,7 @@ from harness.extract import extract_json
 from harness.generate import Generation, generate
 from harness.loading import Runtime, attention_for, describe_model, load_model, load_tokenizer
 from harness.models import ModelRef
+from harness.prompts import CHAT, PromptFormat, Rendered
 from harness.report import write_report
 from harness.scoring import METRICS, aggregate, build_scorers, score_case, scorer_versions
 from harness.suite import Case, Suite
@@ -52,12 +53,18 @@ def scoring_hash(suite: Suite) -> str:
     return sha256_json({"contract": suite.contract, "tone": tone, "system_prompt": suite.system_prompt, "labels": list(suite.labels)})
 
 
-def generation_keys(suite: Suite, cases: Sequence[Case], chats: Sequence[list[dict[str, str]]], model_key: str, tokenizer_hash: str, options: EvalOptions, device: str) -> list[str]:
+def prompt_key(fmt: PromptFormat, rendered: Rendered) -> Any:
+    """The prompt part of a generation key; the default chat format keys by the chat alone, as it always did."""
+    return rendered if fmt.is_default else {"format": fmt.to_json(), "prompt": rendered}
+
+
+def generation_keys(suite: Suite, cases: Sequence[Case], chats: Sequence[Rendered], model_key: str, tokenizer_hash: str, options: EvalOptions, device: str,
+                    fmt: PromptFormat = CHAT) -> list[str]:
     name = attention_for(device)
     # the decode arithmetic is part of what produced a cached output: a changed kernel must not reuse it
     version = attention.DECODE_VERSION if name == attention.NAME else None
     settings = {**asdict(suite.generation), "precision": options.precision, "device": device, "attention": name, "attention_version": version}
-    return [generation_key(model_key, tokenizer_hash, settings, chat, case.content_hash) for case, chat in zip(cases, chats)]
+    return [generation_key(model_key, tokenizer_hash, settings, prompt_key(fmt, chat), case.content_hash) for case, chat in zip(cases, chats)]
 
 
 def evaluate(
@@ -70,6 +77,8 @@ def evaluate(
     model_key: str | None = None,
     regenerate: frozenset[str] = frozenset(),
     provided: dict[int, Generation] | None = None,
+    fmt: PromptFormat = CHAT,
+    canaries: tuple[str, ...] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, float], list[Generation]]:
     """Per-case records, aggregated metrics, timings and generations for one model on one suite.
 
@@ -80,12 +89,13 @@ def evaluate(
     cases = suite.cases[: options.limit] if options.limit else suite.cases
     if not cases:
         raise ValueError("zero cases to evaluate")
-    chats = [suite.chat(c) for c in cases]
+    chats = [fmt.render(suite, c) for c in cases]
+    canaries = options.canaries if canaries is None else canaries
     device = next(model.parameters()).device.type
     keys: list[str] | None = None
     outputs: list[Generation | None] = [None] * len(cases)
     if cache is not None and model_key is not None:
-        keys = generation_keys(suite, cases, chats, model_key, tokenizer_sha256(tokenizer), options, device)
+        keys = generation_keys(suite, cases, chats, model_key, tokenizer_sha256(tokenizer), options, device, fmt)
         for i, (case, key) in enumerate(zip(cases, keys)):
             hit = None if case.id in regenerate else cache.get("generations", key)
             if hit is not None:
@@ -96,7 +106,9 @@ def evaluate(
     todo = [i for i, g in enumerate(outputs) if g is None]
     t0 = time.perf_counter()
     if todo:
-        fresh = generate(model, tokenizer, [chats[i] for i in todo], suite.generation, batch_size=options.batch_size, precision=options.precision, progress=options.progress, keep_logits=keep_logits)
+        ids = [fmt.encode(tokenizer, chats[i]) for i in todo]
+        fresh = generate(model, tokenizer, [], suite.generation, batch_size=options.batch_size, precision=options.precision, progress=options.progress,
+                         keep_logits=keep_logits, prompt_ids=ids)
         for i, g in zip(todo, fresh):
             outputs[i] = g
     if cache is not None and keys is not None:
@@ -104,13 +116,13 @@ def evaluate(
         cache.put_many("generations", [(keys[i], {"text": g.text, "token_ids": list(g.token_ids), "stop_reason": g.stop_reason, "prompt_tokens": g.prompt_tokens}) for i, g in new if g is not None])
     t1 = time.perf_counter()
     gens = [g for g in outputs if g is not None]
-    scorers = build_scorers(suite, options.canaries)
+    scorers = build_scorers(suite, canaries)
     versions, s_hash = scorer_versions(), scoring_hash(suite)
     records: list[dict[str, Any]] = []
     new_scores: list[tuple[str, Any]] = []
     for i, (case, chat, gen) in enumerate(zip(cases, chats, gens)):
         ext = extract_json(gen.text)
-        skey = scores_key(keys[i], versions, s_hash, options.canaries) if keys is not None else None
+        skey = scores_key(keys[i], versions, s_hash, canaries) if keys is not None else None
         scores = cache.get("scores", skey) if cache is not None and skey is not None and i not in todo and i not in replayed else None
         if scores is None:
             scores = [s.to_json() for s in score_case(gen.text, ext, case, suite, scorers)]
@@ -122,7 +134,8 @@ def evaluate(
                 "tags": list(case.tags),
                 "expected": case.expected,
                 "reference": case.reference,
-                "messages": chat,
+                "messages": suite.chat(case),
+                **({} if isinstance(chat, list) and fmt.is_default else {"prompt": chat}),
                 "output": gen.text,
                 "stop_reason": gen.stop_reason,
                 "prompt_tokens": gen.prompt_tokens,

@@ -23,7 +23,10 @@ class DataConfig:
     validation_fraction: float = 0.1
     suite: str | None = None  # golden suite: system prompt, contract for assistant JSON, leakage check
     system_prompt: str | None = None  # overrides the suite's system prompt
-    template: str | None = None  # instruction format: contains {instruction}; the response follows it
+    # instruction: the prompt, {instruction} standing for the user's message; the response follows it.
+    # text: the part of each text before the answer, {instruction} standing for the user's message; optional,
+    # but without it the prompt format the candidate must be evaluated in is unknown (the doctor warns)
+    template: str | None = None
     max_examples: int | None = None
     canaries: int = 0  # plant this many unique canary strings in a copy of the data: a memorisation test (messages format)
     allow_leakage: bool = False  # golden cases in the training data block the run unless this is true
@@ -93,6 +96,43 @@ class TrainConfig:
         return cfg
 
 
+TEMPLATE_EXAMPLES = {
+    "instruction": 'e.g. template: "### Instruction:\\n{instruction}\\n### Response:\\n"',
+    "text": 'e.g. template: "<s>[INST] {instruction} [/INST]" for texts like "<s>[INST] question [/INST] answer </s>"',
+}
+RESERVED_PLACEHOLDERS = ("{prompt}", "{system}")  # harness.prompts fills them in at evaluation; training would not
+
+
+def template_problems(data: DataConfig) -> list[tuple[str, str]]:
+    """(what, fix) for a data.template that training and evaluation could not both read the same way."""
+    template = data.template
+    if data.format == "messages":
+        if template is not None:
+            return [("is not read for the messages format: the tokenizer's chat template builds its prompts",
+                     "remove data.template, or set data.format: instruction for prompts built from a template")]
+        return []
+    example = TEMPLATE_EXAMPLES[data.format]
+    if template is None:
+        if data.format == "instruction":
+            return [("missing: the instruction format builds every prompt from it",
+                     f"add one containing {{instruction}} once, {example}")]
+        return []  # text: optional, the doctor warns that the evaluation format is then unknown
+    out: list[tuple[str, str]] = []
+    n = template.count("{instruction}")
+    if n != 1:
+        where = "the prompt" if data.format == "instruction" else "the part of each text before the answer"
+        out.append((f"contains {{instruction}} {n} times; it must mark the user's message exactly once",
+                    f"write {where} with one {{instruction}}, {example}"))
+    elif data.format == "text" and not template.split("{instruction}", 1)[1]:
+        out.append(("ends with {instruction}: nothing marks where the user's message ends and the answer starts",
+                    f"end it with the text that comes between message and answer in every line, {example}"))
+    for name in RESERVED_PLACEHOLDERS:
+        if name in template:
+            out.append((f"contains {name}: training keeps it as literal text, the evaluation format would fill it in",
+                        "remove it (write the text itself); {instruction} is the only placeholder training fills in"))
+    return out
+
+
 def load_train_config(path: str | Path) -> TrainConfig:
     """Load a preset; every unknown key, missing key and bad value is reported together."""
     p = Path(path)
@@ -113,9 +153,9 @@ def load_train_config(path: str | Path) -> TrainConfig:
             (t.batch_size >= 1 and t.grad_accum >= 1, "training.batch_size", "batch_size and grad_accum must be at least 1"),
             (t.max_length >= 16, "training.max_length", "must be at least 16"),
             (t.epochs > 0 or t.max_steps > 0, "training.epochs", "set epochs > 0 or max_steps > 0"),
-            (cfg.data.format != "instruction" or (cfg.data.template or "").count("{instruction}") == 1, "data.template", "the instruction format needs a template containing {instruction} once"),
         ]
         problems += [Problem(f"{p}: key '{key}'", what, "fix the value") for ok, key, what in checks if not ok]
+        problems += [Problem(f"{p}: key 'data.template'", what, fix) for what, fix in template_problems(cfg.data)]
     if problems or cfg is None:
         raise HarnessInputError(problems or [Problem(str(p), "could not be loaded", "see the presets in trainers/configs/")])
     return replace(cfg, source=str(p))

@@ -119,9 +119,11 @@ def test_pipeline_gates_promote_signoff_and_ledger(tiny_model_dir: Path, tmp_pat
     run_dir, report = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, reports, EvalOptions(batch_size=4, progress=False), run_id="r1", policy=policy)
     g = report["gates"]
     ids = {c["id"] for c in g["checks"]}
-    assert {"adapter.format-floor", "merged.format-floor", "merge-parity", "no-golden-leakage"} <= ids
+    assert {"adapter.format-floor", "merged.format-floor", "merged.merge-parity", "adapter.no-golden-leakage", "merged.no-golden-leakage"} <= ids
+    assert "base.merge-parity" not in ids and "adapter.merge-parity" not in ids  # parity applies to derived variants only
     assert g["verdict"] == "fail"  # a random adapter on a tiny model produces no JSON, and no hygiene report exists
-    assert next(c for c in g["checks"] if c["id"] == "no-golden-leakage")["verdict"] == "fail"
+    leak = next(c for c in g["checks"] if c["id"] == "adapter.no-golden-leakage")
+    assert leak["verdict"] == "fail" and "training data of adapter was not given" in leak["explanation"] and "unknown_leakage: fail" in leak["explanation"]
     assert any("no champion yet" in n for n in g["notes"])
     assert set(report["flips"]) == {"base->adapter", "adapter->merged"}
     assert report["variants"]["adapter"]["metrics"]["overall"]["scores"]["safety"]["n"] == 8

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-import harness.pipeline as pipeline
+import harness.compare as engine
 from harness.models import resolve
 from harness.pipeline import run_pipeline
 from harness.runner import EvalOptions
@@ -53,12 +53,12 @@ def test_worker_gives_the_same_results_as_one_process(tiny_model_dir: Path, tmp_
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="the worker needs two CPU threads")
 def test_failed_worker_falls_back_to_decoding_here(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    real = pipeline.start_base_worker
+    real = engine.start_base_worker
 
     def broken(suite_path: Path, model_path: Path, *args: Any) -> Any:
         return real(suite_path, tmp_path / "no-such-model", *args)
 
-    monkeypatch.setattr(pipeline, "start_base_worker", broken)
+    monkeypatch.setattr(engine, "start_base_worker", broken)
     threads = torch.get_num_threads()
     run_dir, report = _run(tiny_model_dir, tmp_path, "broken", True)
     plan = report["timings"]["base_worker"]
@@ -119,7 +119,7 @@ def test_thread_requests_apply_on_the_decoding_thread() -> None:
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="the worker needs two CPU threads")
 def test_worker_is_killed_when_the_pipeline_fails(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[Any] = []
-    real_start, real_evaluate = pipeline.start_base_worker, pipeline.evaluate
+    real_start, real_evaluate = engine.start_base_worker, engine.evaluate
 
     def start(*args: Any) -> Any:
         started.append(real_start(*args))
@@ -130,8 +130,8 @@ def test_worker_is_killed_when_the_pipeline_fails(tiny_model_dir: Path, tmp_path
             raise RuntimeError("adapter decode broke")
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "start_base_worker", start)
-    monkeypatch.setattr(pipeline, "evaluate", evaluate)
+    monkeypatch.setattr(engine, "start_base_worker", start)
+    monkeypatch.setattr(engine, "evaluate", evaluate)
     threads = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="adapter decode broke"):
         _run(tiny_model_dir, tmp_path, "fails", True)

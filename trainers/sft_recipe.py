@@ -20,13 +20,14 @@ from typing import Any
 import torch
 
 from harness import attention
-from harness.data import DataSplit, Example, load_examples, split
+from harness.data import DataSplit, Example, evaluation_format, load_examples, split
 from harness.doctor import Finding, diagnose
 from harness.env import hardware, package_versions, weights_sha256
 from harness.errors import HarnessInputError, Problem
 from harness.hygiene import hygiene_report, hygiene_summary
 from harness.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from harness.models import ModelRef, resolve
+from harness.prompts import PromptFormat
 from harness.safety import plant_canaries
 from harness.suite import Suite, load_suite
 from harness.train_config import TrainConfig
@@ -99,6 +100,8 @@ class Prepared:
     lengths: dict[str, Any]
     hygiene: dict[str, Any]
     canaries: tuple[str, ...]
+    prompt_format: PromptFormat | None = None  # what the candidate must be evaluated in; None: unknown, see the reason
+    prompt_format_reason: str | None = None
 
 
 def _plant(examples: list[Example], n: int, seed: int) -> tuple[list[Example], tuple[str, ...]]:
@@ -131,7 +134,22 @@ def prepare(cfg: TrainConfig, root: Path = Path(".")) -> Prepared:
     if cfg.data.allow_leakage:
         findings = [replace(f, level="warning") if f.code.startswith("golden_") else f for f in findings]
     hygiene = hygiene_report(cfg.data.path, data, suite, dist, cfg.training.max_length, block_leakage=not cfg.data.allow_leakage)
-    return Prepared(ref, tokenizer, data, suite, findings, dist, hygiene, canaries)
+    fmt, reason = evaluation_prompt_format(cfg, suite, root)
+    return Prepared(ref, tokenizer, data, suite, findings, dist, hygiene, canaries, fmt, reason)
+
+
+def evaluation_prompt_format(cfg: TrainConfig, suite: Suite | None,
+                             root: Path = Path(".")) -> tuple[PromptFormat | None, str | None]:
+    """The prompt format to evaluate the candidate in (recorded in its metadata), or None and why it is unknown.
+
+    `suite` is the one `prepare` loaded (data.suite, else eval_suite). Messages training prepends data.suite's
+    system prompt; where eval_suite is another suite with another system prompt, training's is recorded literally.
+    """
+    data_system = suite.system_prompt if suite is not None and cfg.data.suite else None
+    eval_suite = suite
+    if cfg.eval_suite and cfg.data.suite and Path(cfg.eval_suite) != Path(cfg.data.suite):
+        eval_suite = load_suite(root / cfg.eval_suite)
+    return evaluation_format(cfg.data, data_system, eval_suite.system_prompt if eval_suite is not None else None)
 
 
 def report_findings(findings: list[Finding], dist: dict[str, Any], hygiene: dict[str, Any] | None = None) -> None:
@@ -476,6 +494,10 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         "base_model": {"spec": cfg.model, "path": str(ref.path), "weights_sha256": weights_sha256(ref.path), "provenance": ref.provenance},
         "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors"),
         "data": {"path": cfg.data.path, "sha256": data.sha256, "file_sha256": file_sha, "format": cfg.data.format, "examples": data.total, "train": len(data.train), "validation": len(data.validation)},
+        # the format the training prompts were built in, for the evaluator (harness.prompts.load_format reads it);
+        # null when it cannot be known (text data without data.template), with the reason beside it
+        "prompt_format": prep.prompt_format.to_json() if prep.prompt_format is not None else None,
+        "prompt_format_reason": prep.prompt_format_reason,
         "token_lengths": dist,
         "hygiene": prep.hygiene,
         "canaries": list(prep.canaries),
@@ -530,6 +552,7 @@ def model_card(meta: dict[str, Any]) -> str:
         f"- LoRA r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} targets={', '.join(lora['target_modules'])}",
         f"- data: `{meta['data']['path']}` (sha256 `{meta['data']['sha256'][:12]}`), {meta['data']['train']} train / {meta['data']['validation']} validation examples",
         f"- precision that ran: {meta['precision']}",
+        f"- evaluate in: {_describe_format(meta)}",
         f"- steps {meta['steps']}, train loss {meta['train_loss']:.4f}, validation loss {meta['validation_loss'] if meta['validation_loss'] is None else round(meta['validation_loss'], 4)}",
         f"- {meta['tokens_per_s']} tokens/s, wall {meta['wall_time_s']} s, trainable share {100 * (meta['trainable_share'] or 0):.2f}%",
         "",
@@ -537,6 +560,14 @@ def model_card(meta: dict[str, Any]) -> str:
         "`harness pipeline` and read the report before promotion.",
         "",
     ])
+
+
+def _describe_format(meta: dict[str, Any]) -> str:
+    """The recorded evaluation prompt format in words, for the model card."""
+    raw = meta.get("prompt_format")
+    if not raw:
+        return f"unknown ({meta.get('prompt_format_reason') or 'not recorded'})"
+    return PromptFormat(**raw).describe()
 
 
 def main(argv: list[str] | None = None) -> int:
