@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run eval gate app gguf test test-fast bench bench-train bench-cache clean
+.PHONY: setup run eval gate app gguf test test-fast lint bench bench-train bench-cache clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,12 @@ gguf: $(STAMP)
 	$(BIN)/harness gguf "$$run" --converter "$$conv" --outfile "$${run%/merged}/merged-f16.gguf"
 
 ## All CPU tests: fast lane (tiny models) and slow lane (real embedded model). GPU tests skip without CUDA.
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest --run-slow
+
+## Static checks (ruff, configured in pyproject.toml); part of `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 test-fast: setup
 	$(BIN)/python -m pytest

@@ -32,8 +32,7 @@ from streamlit.errors import StreamlitAPIException
 from harness import REPORT_SCHEMA_VERSION
 from harness.errors import HarnessInputError, Problem
 from harness.io import read_jsonl, sha256_file
-from harness.ledger import (DECISIONS, HEAD_FILE, LEDGER_FILE, append_signoff, ledger_history, resolve_run_dir,
-                            run_report_path, verify_ledger)
+from harness.verdict.ledger import DECISIONS, HEAD_FILE, LEDGER_FILE, append_signoff, ledger_history, resolve_run_dir, run_report_path, verify_ledger
 
 REPORTS_ENV = "HARNESS_REPORTS_DIR"
 REPORT_KINDS = ("pipeline", "compare")

@@ -38,7 +38,7 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    from harness.models import cache_dir
+    from harness.models.embedded import cache_dir
 
     # a private cache root that shares the converted model but starts with no results
     private = work / "cache"

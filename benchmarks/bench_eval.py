@@ -1,7 +1,7 @@
 """Eval throughput: the harness engine against the seed lesson's reference loop, in the same run.
 
 Reference: one prompt at a time, unbatched `model.generate`, greedy, max_new_tokens=160, fp32, the same
-model and the same cases. The engine: `harness.generate` (length-sorted batches, shared-prefix and
+model and the same cases. The engine: `harness.engine.generate` (length-sorted batches, shared-prefix and
 per-row prefill, static cache, stop at the end of the JSON object).
 
 The reference is slow (about 12 s a case here), so by default it runs on an evenly spaced sample of the
@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.generate import generate  # noqa: E402
-from harness.loading import Runtime, load_model, load_tokenizer  # noqa: E402
-from harness.models import resolve  # noqa: E402
-from harness.runner import EvalOptions  # noqa: E402
-from harness.suite import load_suite  # noqa: E402
+from harness.engine.generate import generate  # noqa: E402
+from harness.engine.loading import Runtime, load_model, load_tokenizer  # noqa: E402
+from harness.models.embedded import resolve  # noqa: E402
+from harness.runs.evaluate import EvalOptions  # noqa: E402
+from harness.suite.suite import load_suite  # noqa: E402
 
 
 def reference_loop(model, tokenizer, chats, max_new_tokens: int) -> list[list[int]]:  # noqa: ANN001

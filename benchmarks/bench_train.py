@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.train_config import load_train_config  # noqa: E402  (harness first: it sets torch's allocator flag)
+from harness.training.config import load_train_config  # noqa: E402  (harness first: it sets torch's allocator flag
 
 import torch  # noqa: E402
 
@@ -40,10 +40,10 @@ def reference(model_spec: str, examples: int) -> float:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from harness.data import load_examples
-    from harness.loading import load_tokenizer
-    from harness.models import resolve
-    from harness.suite import load_suite
+    from harness.training.data import load_examples
+    from harness.engine.loading import load_tokenizer
+    from harness.models.embedded import resolve
+    from harness.suite.suite import load_suite
 
     ref = resolve(model_spec)
     cfg = load_train_config(ROOT / "trainers/configs/demo.yaml")

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessInputError, Problem
-from harness.cache import default_path as default_cache_path
-from harness.gates import exit_code as gate_exit_code
-from harness.train_config import MERGE_DTYPES
+from harness.engine.cache import default_path as default_cache_path
+from harness.verdict.gates import exit_code as gate_exit_code
+from harness.training.config import MERGE_DTYPES
 
 GENERATION_BATCH = 160  # harness.runner.EvalOptions.batch_size; kept here so that --help imports no torch
 
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from harness.train_config import load_train_config
+    from harness.training.config import load_train_config
     from trainers.sft_recipe import train
 
     cfg = load_train_config(args.config).with_overrides(args.model, args.output_dir, args.max_steps)
@@ -150,11 +150,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from harness.models import resolve
-    from harness.pipeline import run_pipeline
-    from harness.runner import EvalOptions
-    from harness.suite import load_suite
-    from harness.train_config import load_train_config
+    from harness.models.embedded import resolve
+    from harness.runs.pipeline import run_pipeline
+    from harness.runs.evaluate import EvalOptions
+    from harness.suite.suite import load_suite
+    from harness.training.config import load_train_config
 
     cfg = load_train_config(args.config).with_overrides(args.model, None, args.max_steps)
     suite_path = args.suite or cfg.eval_suite or cfg.data.suite
@@ -181,9 +181,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import run_variants
-    from harness.runner import EvalOptions
-    from harness.runs import plan_run, spec_from_flags
+    from harness.runs.compare import run_variants
+    from harness.runs.evaluate import EvalOptions
+    from harness.runs.plan import plan_run, spec_from_flags
 
     flags = bool(args.adapter or args.merged or args.gguf or args.suite)
     if args.run_file is not None and flags:
@@ -211,7 +211,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _policy(path: Path | None, suite_dir: Path) -> Any:
-    from harness.gates import GATES_FILE, load_policy
+    from harness.verdict.gates import GATES_FILE, load_policy
 
     if path is not None:
         return load_policy(path)
@@ -229,7 +229,7 @@ def _print_gates(gates: dict[str, Any]) -> None:
 
 def _cmd_gate(args: argparse.Namespace) -> int:
     from harness.io import atomic_write_json
-    from harness.promote import load_run, regate
+    from harness.verdict.promote import load_run, regate
 
     report = load_run(args.reports_dir, args.run)[1]
     policy = _policy(args.gates, Path(report["suite"]["path"]))
@@ -242,7 +242,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from harness.promote import promote
+    from harness.verdict.promote import promote
 
     entry = promote(args.reports_dir, args.run, args.variant)
     print(f"champion: {entry['run_id']} variant {entry['variant']} (was {entry['previous']})")
@@ -250,7 +250,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_signoff(args: argparse.Namespace) -> int:
-    from harness.ledger import append_signoff
+    from harness.verdict.ledger import append_signoff
 
     entry = append_signoff(args.reports_dir, args.run, args.by, args.decision, args.note)
     print(f"ledger: #{entry['seq']} {entry['decision']} {entry['run_id']} by {entry['by']} (hash {entry['hash'][:12]})")
@@ -258,7 +258,7 @@ def _cmd_signoff(args: argparse.Namespace) -> int:
 
 
 def _cmd_ledger(args: argparse.Namespace) -> int:
-    from harness.ledger import ledger_history, verify_ledger
+    from harness.verdict.ledger import ledger_history, verify_ledger
 
     if args.ledger_command == "show":
         for e in ledger_history(args.reports_dir, args.run):
@@ -273,7 +273,7 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def _cmd_gguf(args: argparse.Namespace) -> int:
-    from harness.gguf_export import ConversionError, convert_and_check, render
+    from harness.models.gguf_export import ConversionError, convert_and_check, render
 
     try:
         result = convert_and_check(args.merged, args.converter, args.outtype, args.outfile, args.timeout)
@@ -287,7 +287,7 @@ def _cmd_gguf(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from harness.train_config import load_train_config
+    from harness.training.config import load_train_config
     from trainers.sft_recipe import prepare, raise_on_errors, report_findings
 
     cfg = load_train_config(args.config).with_overrides(args.model)
@@ -300,7 +300,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from harness import models
+    from harness.models import embedded as models
 
     if args.models_command == "pull":
         path = models.pull(args.name, force=args.force)
@@ -314,7 +314,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from harness.suite import load_suite
+    from harness.suite.suite import load_suite
 
     suite = load_suite(args.suite)
     print(f"ok: {suite.name} v{suite.version}: {len(suite.cases)} cases, labels {list(suite.labels)}, slices {list(suite.slices)}, hash {suite.content_hash[:12]}")
@@ -322,12 +322,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from harness.models import resolve
-    from harness.suite import load_suite
+    from harness.models.embedded import resolve
+    from harness.suite.suite import load_suite
 
     suite = load_suite(args.suite)
     ref = resolve(args.model, allow_hub=args.allow_hub)
-    from harness.runner import EvalOptions, run_eval
+    from harness.runs.evaluate import EvalOptions, run_eval
 
     if args.reports_dir.exists() and not args.reports_dir.is_dir():
         raise HarnessInputError(Problem(str(args.reports_dir), "is not a folder", "pass a folder for --reports-dir"))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessInputError
-from harness.gates import GATES_FILE, CheckSpec, GatePolicy, VariantInfo, expected_check_ids, load_policy, pipeline_variants
+from harness.verdict.gates import GATES_FILE, CheckSpec, GatePolicy, VariantInfo, expected_check_ids, load_policy, pipeline_variants
 
 RESULTS = pytest.StashKey[dict[str, dict[str, Any]]]()
 INCONCLUSIVE = pytest.StashKey[list[str]]()
@@ -76,7 +76,7 @@ def _collected_variants(config: pytest.Config, policy: GatePolicy) -> list[Varia
     run_file = _run_file(config, policy)
     if run_file is None or config.getoption("--harness-run"):
         return pipeline_variants()
-    from harness.variants import load_run_file
+    from harness.variants.spec import load_run_file
 
     spec = load_run_file(run_file)
     return [VariantInfo(v.name, v.kind, v.derived_from) for v in spec.variants]
@@ -160,14 +160,14 @@ def _session_report(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
 
 
 def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
-    from harness.cache import default_path
+    from harness.engine.cache import default_path
     from harness.errors import Problem
-    from harness.models import resolve
-    from harness.pipeline import run_pipeline
-    from harness.promote import regate
-    from harness.runner import EvalOptions
-    from harness.suite import load_suite
-    from harness.train_config import load_train_config
+    from harness.models.embedded import resolve
+    from harness.runs.pipeline import run_pipeline
+    from harness.verdict.promote import regate
+    from harness.runs.evaluate import EvalOptions
+    from harness.suite.suite import load_suite
+    from harness.training.config import load_train_config
 
     policy = load_policy(gates_file)
     reports = Path(config.getoption("--harness-reports-dir"))
@@ -176,11 +176,11 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
         return regate(reports, existing, policy)[1]
     run_file = _run_file(config, policy)
     if run_file is not None:
-        from harness.runs import plan_run
+        from harness.runs.plan import plan_run
 
         plan = plan_run(Path(run_file), EvalOptions(progress=False, cache_path=None if config.getoption("--harness-no-cache") else default_path()),
                         policy_override=policy)
-        from harness.compare import run_variants
+        from harness.runs.compare import run_variants
 
         return run_variants(plan, reports)[1]
     preset = config.getoption("--harness-config") or policy.pipeline

@@ -29,7 +29,7 @@ SUPPORT_VI = REPO / "golden" / "support_vi"
 
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
-    from harness.models import pull
+    from harness.models.embedded import pull
 
     return pull(quiet=True)
 

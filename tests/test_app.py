@@ -23,7 +23,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import streamlit_app as app
-from harness.ledger import ledger_history, verify_ledger
+from harness.verdict.ledger import ledger_history, verify_ledger
 from tests.conftest import REPO
 
 APP = REPO / "streamlit_app.py"
@@ -274,7 +274,7 @@ def test_signoff_without_name_or_decision_is_refused(reports: Path) -> None:
 
 
 def test_tampered_ledger_is_shown(reports: Path) -> None:
-    from harness.ledger import append_signoff
+    from harness.verdict.ledger import append_signoff
 
     append_signoff(reports, FULL, "Lan", "approve", "first")
     append_signoff(reports, LEGACY, "Minh", "reject", "second")

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from harness import attention
-from harness.generate import generate
-from harness.suite import GenerationSettings, load_suite
+from harness.engine import attention
+from harness.engine.generate import generate
+from harness.suite.suite import GenerationSettings, load_suite
 from tests.conftest import SUPPORT_VI
 
 

@@ -76,6 +76,6 @@ def test_bad_option_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_batch_default_is_the_runner_default() -> None:
     """The CLI keeps its own copy of the default (its --help imports no torch); the two must agree."""
     from harness.cli import GENERATION_BATCH
-    from harness.runner import EvalOptions
+    from harness.runs.evaluate import EvalOptions
 
     assert GENERATION_BATCH == EvalOptions.batch_size

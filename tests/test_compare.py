@@ -13,10 +13,10 @@ import torch
 import yaml
 
 from harness.cli import main
-from harness.compare import run_variants
+from harness.runs.compare import run_variants
 from harness.errors import HarnessInputError
-from harness.runner import EvalOptions
-from harness.runs import plan_run
+from harness.runs.evaluate import EvalOptions
+from harness.runs.plan import plan_run
 from tests.conftest import REPO
 from tests.test_pipeline import _adapter, _small_suite
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.data import DataSplit, Example, load_examples, split
-from harness.doctor import diagnose
-from harness.suite import load_suite
-from harness.train_config import load_train_config
+from harness.training.data import DataSplit, Example, load_examples, split
+from harness.training.doctor import diagnose
+from harness.suite.suite import load_suite
+from harness.training.config import load_train_config
 from tests.conftest import REPO, SUPPORT_VI
 from trainers.sft_recipe import linear_module_names, make_collator
 
@@ -19,7 +19,7 @@ DEMO = REPO / "trainers/configs/demo.yaml"
 
 @pytest.fixture(scope="module")
 def parts(tiny_model_dir: Path, tokenizer):  # noqa: ANN001, ANN201
-    from harness.models import resolve
+    from harness.models.embedded import resolve
 
     cfg = load_train_config(DEMO).with_overrides(str(tiny_model_dir))
     suite = load_suite(SUPPORT_VI)

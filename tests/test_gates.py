@@ -10,7 +10,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessInputError
-from harness.gates import evaluate_gates, flips, load_policy
+from harness.verdict.gates import evaluate_gates, flips, load_policy
 from harness.stats import compare_paired, mcnemar_worse, mde
 from tests.conftest import SUPPORT_VI
 
@@ -106,10 +106,10 @@ def test_small_suite_is_inconclusive_not_pass(tmp_path: Path) -> None:
 
 
 def test_pipeline_gates_promote_signoff_and_ledger(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from harness.models import resolve
-    from harness.pipeline import run_pipeline
-    from harness.runner import EvalOptions
-    from harness.suite import load_suite
+    from harness.models.embedded import resolve
+    from harness.runs.pipeline import run_pipeline
+    from harness.runs.evaluate import EvalOptions
+    from harness.suite.suite import load_suite
     from tests.test_pipeline import _adapter, _small_suite
 
     suite = load_suite(_small_suite(tmp_path, n=6, adversarial=2))
@@ -156,10 +156,10 @@ def test_pipeline_gates_promote_signoff_and_ledger(tiny_model_dir: Path, tmp_pat
 
 
 def test_result_cache_reuses_everything_and_reruns_only_a_changed_case(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from harness.models import resolve
-    from harness.pipeline import run_pipeline
-    from harness.runner import EvalOptions
-    from harness.suite import load_suite
+    from harness.models.embedded import resolve
+    from harness.runs.pipeline import run_pipeline
+    from harness.runs.evaluate import EvalOptions
+    from harness.suite.suite import load_suite
     from tests.test_pipeline import _adapter, _small_suite
 
     suite_dir = _small_suite(tmp_path, n=6)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.generate import JsonObjectTracker, _common_prefix_len, generate, plan_batches
-from harness.suite import GenerationSettings, load_suite
+from harness.engine.generate import JsonObjectTracker, _common_prefix_len, generate, plan_batches
+from harness.suite.suite import GenerationSettings, load_suite
 from tests.conftest import SUPPORT_VI
 
 
@@ -70,7 +70,7 @@ def test_replay_proves_identical_outputs_and_catches_a_different_model(tiny_mode
 
     import torch
 
-    from harness.generate import replay_greedy
+    from harness.engine.generate import replay_greedy
 
     suite = load_suite(SUPPORT_VI)
     chats = [suite.chat(c) for c in suite.cases[:6]]

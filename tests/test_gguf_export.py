@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness import gguf_export
+from harness.models import gguf_export
 from harness.cli import main
-from harness.pipeline import portable_tokenizer_config
+from harness.runs.pipeline import portable_tokenizer_config
 from tests.conftest import REPO
 
 FETCH = REPO / "scripts" / "fetch_llama_cpp_converter.sh"

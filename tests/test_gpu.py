@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.generate import generate
-from harness.suite import GenerationSettings, load_suite
+from harness.engine.generate import generate
+from harness.suite.suite import GenerationSettings, load_suite
 from tests.conftest import SUPPORT_VI
 
 
@@ -29,7 +29,7 @@ def test_qlora_preset_trains_through_the_recipe_on_cuda(tiny_model_dir, tmp_path
     import json
     from dataclasses import replace
 
-    from harness.train_config import load_train_config
+    from harness.training.config import load_train_config
     from tests.conftest import REPO
     from trainers.sft_recipe import train
 
@@ -47,9 +47,9 @@ def test_pipeline_on_cuda_exports_the_merge_in_float16(tiny_model_dir, tmp_path)
     """seed000's float16 export on CUDA: merged in the bf16 runtime, converted, evaluated and saved in float16."""
     from safetensors import safe_open
 
-    from harness.models import resolve
-    from harness.pipeline import run_pipeline
-    from harness.runner import EvalOptions
+    from harness.models.embedded import resolve
+    from harness.runs.pipeline import run_pipeline
+    from harness.runs.evaluate import EvalOptions
     from tests.test_pipeline import _adapter, _small_suite
 
     adapter = _adapter(tmp_path, tiny_model_dir, trained=True)

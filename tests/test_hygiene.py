@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.data import load_examples, split
+from harness.training.data import load_examples, split
 from harness.errors import HarnessInputError
-from harness.hygiene import hygiene_report
-from harness.suite import load_suite
-from harness.train_config import load_train_config
+from harness.training.hygiene import hygiene_report
+from harness.suite.suite import load_suite
+from harness.training.config import load_train_config
 from tests.conftest import REPO, SUPPORT_VI
 
 DEMO = REPO / "trainers/configs/demo.yaml"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessInputError
-from harness.judge import JudgeConfig, config_problems, judge_tone, load_judge_config, make_judge, parse_verdict
+from harness.scoring.judge import JudgeConfig, config_problems, judge_tone, load_judge_config, make_judge, parse_verdict
 
 RUBRIC = "Polite, acknowledges the problem, gives one clear next action, no shouting."
 ANSWER = "Mình rất tiếc vì hàng bị vỡ. Bạn vui lòng gửi ảnh và mã đơn hàng."

@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import HarnessInputError
 from harness.io import sha256_file
-from harness.ledger import GENESIS, HEAD_FILE, LEDGER_FILE, append_signoff, ledger_history, verify_ledger
+from harness.verdict.ledger import GENESIS, HEAD_FILE, LEDGER_FILE, append_signoff, ledger_history, verify_ledger
 
 
 def _reports(tmp_path: Path, runs: tuple[str, ...] = ("run-a", "run-b")) -> Path:
@@ -70,7 +70,7 @@ def test_edited_note_is_detected(tmp_path: Path) -> None:
 
 
 def test_edited_and_rehashed_entry_breaks_the_next_link(tmp_path: Path) -> None:
-    from harness.ledger import entry_hash
+    from harness.verdict.ledger import entry_hash
 
     reports = _signed(tmp_path)
     lines = _lines(reports)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import models
+from harness.models import embedded as models
 from harness.errors import HarnessInputError
 from harness.io import atomic_write_text
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.models import resolve
-from harness.pipeline import run_pipeline
-from harness.runner import EvalOptions
-from harness.suite import load_suite
+from harness.models.embedded import resolve
+from harness.runs.pipeline import run_pipeline
+from harness.runs.evaluate import EvalOptions
+from harness.suite.suite import load_suite
 from tests.conftest import SUPPORT_VI
 
 
@@ -124,8 +124,8 @@ def test_merged_export_in_bfloat16_is_evaluated_on_the_saved_weights(tiny_model_
 
 def test_auto_merge_dtype_follows_the_checkpoint(tmp_path: Path) -> None:
     from harness.errors import HarnessInputError
-    from harness.models import ModelRef
-    from harness.pipeline import export_dtype
+    from harness.models.embedded import ModelRef
+    from harness.runs.pipeline import export_dtype
 
     def ref(config: dict[str, object] | None) -> ModelRef:
         folder = tmp_path / str(len(list(tmp_path.iterdir())))

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from harness.data import DataSplit, Example, evaluation_format, load_examples, split, split_text
-from harness.doctor import Finding, diagnose
+from harness.training.data import DataSplit, Example, evaluation_format, load_examples, split, split_text
+from harness.training.doctor import Finding, diagnose
 from harness.errors import HarnessInputError, Problem
 from harness.io import read_jsonl
-from harness.prompts import CHAT, PromptFormat, from_training_data, load_format
-from harness.suite import Case, Suite, load_suite
-from harness.train_config import TrainConfig, load_train_config
+from harness.variants.prompts import CHAT, PromptFormat, from_training_data, load_format
+from harness.suite.suite import Case, Suite, load_suite
+from harness.training.config import TrainConfig, load_train_config
 from tests.conftest import REPO, SUPPORT_VI
 
 CONFIGS = REPO / "trainers" / "configs"
@@ -200,7 +200,7 @@ def test_a_system_prompt_holding_the_placeholder_does_not_move_the_message(suite
 
 @pytest.fixture(scope="module")
 def doctor_parts(tiny_model_dir: Path, tokenizer: Any) -> tuple[Any, list[str]]:
-    from harness.models import resolve
+    from harness.models.embedded import resolve
     from trainers.sft_recipe import linear_module_names
 
     return tokenizer, linear_module_names(resolve(str(tiny_model_dir)))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessInputError
-from harness.retention import RETENTION_DIR, load_retention_tasks, run_retention
+from harness.runs.retention import RETENTION_DIR, load_retention_tasks, run_retention
 
 LIMIT = 6
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.gates import load_policy
-from harness.models import resolve
-from harness.pipeline import run_pipeline
-from harness.runner import EvalOptions
-from harness.suite import load_suite
+from harness.verdict.gates import load_policy
+from harness.models.embedded import resolve
+from harness.runs.pipeline import run_pipeline
+from harness.runs.evaluate import EvalOptions
+from harness.suite.suite import load_suite
 from tests.conftest import REPO
 from tests.test_pipeline import _small_suite
 
@@ -50,7 +50,7 @@ def test_pipeline_reports_retention_per_variant_and_gates_it(tiny_model_dir: Pat
 
 
 def test_optional_retention_check_is_noted_not_failed_when_not_run() -> None:
-    from harness.gates import evaluate_gates
+    from harness.verdict.gates import evaluate_gates
 
     policy = load_policy(REPO / "golden/support_vi/gates.yaml")
     g = evaluate_gates(policy, {}, [])

@@ -9,19 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.safety import (
-    CONTROL_TOKENS,
-    Detection,
-    detect_injection_success,
-    detect_refusal,
-    detect_toxicity,
-    find_canaries,
-    find_pii,
-    fold,
-    luhn_valid,
-    make_canary,
-    plant_canaries,
-)
+from harness.scoring.safety import CONTROL_TOKENS, Detection, detect_injection_success, detect_refusal, detect_toxicity, find_canaries, find_pii, fold, luhn_valid, make_canary, plant_canaries
 
 SUPPORT_VI = Path(__file__).resolve().parents[1] / "golden" / "support_vi"
 ADVERSARIAL = SUPPORT_VI / "adversarial.jsonl"

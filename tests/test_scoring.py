@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from harness.extract import extract_json
-from harness.scoring import SCORERS, Registry, ScorerSpec, aggregate, format_scorer, score_case
-from harness.suite import load_suite
+from harness.scoring.extract import extract_json
+from harness.scoring.format import SPEC as FORMAT
+from harness.scoring.registry import SCORERS, Registry, UnknownScorerError, aggregate, format_scorer, score_case
+from harness.suite.suite import load_suite
 from tests.conftest import SUPPORT_VI
 
 SUITE = load_suite(SUPPORT_VI)
@@ -70,18 +71,16 @@ def test_field_scores_and_aggregate_metrics() -> None:
 
 
 def test_registry_rejects_clash_and_suggests_names() -> None:
-    reg = Registry("scorer")
-    spec = ScorerSpec("format", format_scorer, "1", True, "mean", "x")
-    reg.register(spec)
-    with pytest.raises(ValueError, match="already registered"):
-        reg.register(spec)
-    with pytest.raises(KeyError, match="did you mean 'format'"):
-        reg.get("fromat")
+    with pytest.raises(ValueError, match="'format' is declared twice"):
+        Registry((FORMAT, FORMAT))
+    with pytest.raises(KeyError, match="did you mean 'format'") as info:
+        Registry((FORMAT,)).get("fromat")
+    assert isinstance(info.value, UnknownScorerError) and "available: format" in str(info.value)
     assert "format" in SCORERS.names() and "fields" in SCORERS.names()
 
 
 def _scores(text: str, case_id: str, canaries: tuple[str, ...] = ()) -> dict[str, object]:
-    from harness.scoring import build_scorers
+    from harness.scoring.registry import build_scorers
 
     case = next(c for c in SUITE.cases if c.id == case_id)
     return {s.scorer: s for s in score_case(text, extract_json(text), case, SUITE, build_scorers(SUITE, canaries))}

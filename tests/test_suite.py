@@ -8,7 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessInputError
-from harness.suite import load_suite
+from harness.suite.suite import load_suite
 from tests.conftest import SUPPORT_VI
 
 
@@ -111,3 +111,81 @@ def test_chat_adds_system_prompt() -> None:
     chat = suite.chat(suite.cases[0])
     assert chat[0] == {"role": "system", "content": suite.system_prompt}
     assert chat[-1]["role"] == "user"
+
+
+def _with(suite_dir: Path, extra: str) -> Path:
+    path = suite_dir / "suite.yaml"
+    path.write_text(path.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    return suite_dir
+
+
+def test_unknown_scorer_is_an_input_error_with_did_you_mean(
+    suite_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    msg = _problems(_with(suite_copy, "scorers: [format, fields, tonne, safety, safety]\n"))
+    assert "key 'scorers'" in msg and "unknown scorer 'tonne'" in msg and "did you mean 'tone'" in msg
+    assert "known scorers: format, fields, tone, safety, judge" in msg and "'safety' is listed more than once" in msg
+    assert main(["check", str(suite_copy)]) == 2 and "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("scorers: []\n", "must be a non-empty list of scorer names"),
+        ("scorers: format\n", "must be a non-empty list of scorer names"),
+        ("scorers: [format, judge]\n", "scorers lists judge but no judge is configured"),
+        ("judge: {kind: endpoint, url: 'http://x', model: m, rubric: polite}\n", "scorers does not list judge"),
+        ("scorers: [format, judge]\njudge: [endpoint]\n", "'judge'\": must be a mapping"),
+    ],
+)
+def test_scorers_and_judge_must_agree(suite_copy: Path, extra: str, expected: str) -> None:
+    msg = _problems(_with(suite_copy, extra))
+    assert expected.replace("\"", "") in msg.replace("\"", ""), msg
+
+
+def test_tone_scorer_needs_a_tone_contract(suite_copy: Path) -> None:
+    path = suite_copy / "suite.yaml"
+    text = path.read_text(encoding="utf-8").replace("tone: tone.yaml\n", "")
+    path.write_text(text + "scorers: [format, tone]\n", encoding="utf-8")
+    msg = _problems(suite_copy)
+    assert "lists tone but the suite has no tone contract" in msg and "add tone: tone.yaml" in msg
+
+
+def test_bad_judge_block_reports_every_problem_at_once(suite_copy: Path) -> None:
+    block = "judge: {kind: endpoint, urll: 'http://x', model: 3, samples: two, rubric: polite}\n"
+    msg = _problems(_with(suite_copy, "scorers: [format, judge]\n" + block))
+    assert "key 'judge.urll'" in msg and "unknown key" in msg and "did you mean 'url'" in msg
+    assert "key 'judge.model'" in msg and "must be str, got 3" in msg
+    assert "key 'judge.samples'" in msg and "must be int, got 'two'" in msg
+
+
+@pytest.mark.parametrize(
+    ("block", "where", "expected"),
+    [
+        ("{kind: endpoint, model: m, rubric: r}", "judge.url", "must be an http(s) URL"),
+        ("{kind: endpoint, url: 'ftp://x', model: m, rubric: r}", "judge.url", "must be an http(s) URL"),
+        ("{kind: endpoint, url: 'http://x', rubric: r}", "judge.model", "is required for an endpoint judge"),
+        ("{kind: endpoint, url: 'http://x', model: m, api_key_env: sk-1, rubric: r}",
+         "judge.api_key_env", "not the key"),
+        ("{kind: endpoint, url: 'http://x', model: m, temperature: 0, rubric: r}",
+         "judge.temperature", "temperature 0"),
+        ("{kind: local, rubric: r}", "judge.path", "is required for a local judge"),
+        ("{kind: local, path: m, url: 'http://x', rubric: r}", "judge.url", "only for kind: endpoint"),
+        ("{kind: remote, rubric: r}", "judge.kind", "'remote' is not allowed"),
+        ("{kind: endpoint, url: 'http://x', model: m}", "judge.rubric", "missing"),
+        ("{kind: endpoint, url: 'http://x', model: m, rubric: ' '}", "judge.rubric", "is empty"),
+        ("{url: 'http://x', model: m, rubric: r}", "judge.kind", "missing"),
+    ],
+)
+def test_judge_values_are_checked_at_load(suite_copy: Path, block: str, where: str, expected: str) -> None:
+    msg = _problems(_with(suite_copy, f"scorers: [format, judge]\njudge: {block}\n"))
+    assert f"key '{where}'" in msg and expected in msg, msg
+
+
+def test_a_valid_judge_block_is_kept_as_written(suite_copy: Path) -> None:
+    block = "{kind: local, path: ../models/judge, samples: 1, temperature: 0, rubric: polite, field: answer}"
+    suite = load_suite(_with(suite_copy, f"scorers: [format, fields, tone, safety, judge]\njudge: {block}\n"))
+    assert suite.scorers == ("format", "fields", "tone", "safety", "judge")
+    assert suite.judge == {"kind": "local", "path": "../models/judge", "samples": 1, "temperature": 0.0,
+                           "rubric": "polite", "field": "answer"}
+    assert isinstance(suite.judge["temperature"], float)

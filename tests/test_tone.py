@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessInputError
-from harness.extract import extract_json
-from harness.scoring import Score
-from harness.tone import NO_ANSWER, ToneContract, answer_text, find_phrase, load_tone_contract, tone_case_scorer, tone_scorer
+from harness.scoring.extract import extract_json
+from harness.scoring.registry import Score
+from harness.scoring.tone import NO_ANSWER, answer_text, find_phrase, tone_case_scorer, tone_scorer
+from harness.suite.tone_contract import ToneContract, load_tone_contract
 from tests.conftest import SUPPORT_VI
 
 VI = load_tone_contract(SUPPORT_VI / "tone.yaml")
@@ -188,7 +189,7 @@ def test_no_reference_leaves_only_chrf_unscored(en: ToneContract) -> None:
 
 
 def test_case_scorer_reads_the_answer_field() -> None:
-    from harness.suite import load_suite
+    from harness.suite.suite import load_suite
 
     suite = load_suite(SUPPORT_VI)
     case = suite.cases[0]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from harness.cli import main
 from harness.errors import HarnessInputError
-from harness.train_config import load_train_config
+from harness.training.config import load_train_config
 from tests.conftest import REPO
 
 PRESETS = sorted((REPO / "trainers" / "configs").glob("*.yaml"))

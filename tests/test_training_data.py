@@ -6,7 +6,7 @@ import difflib
 import json
 from collections import Counter
 
-from harness.suite import load_suite
+from harness.suite.suite import load_suite
 from tests.conftest import REPO, SUPPORT_VI
 
 TRAIN = REPO / "trainers" / "data" / "support_vi_train.jsonl"

@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 import torch
 
-import harness.compare as engine
-from harness.models import resolve
-from harness.pipeline import run_pipeline
-from harness.runner import EvalOptions
-from harness.suite import load_suite
-import harness.worker as worker
-from harness.worker import MIN_CASES, apply_requested_threads, plan_base_worker, request_threads
+import harness.runs.compare as engine
+from harness.models.embedded import resolve
+from harness.runs.pipeline import run_pipeline
+from harness.runs.evaluate import EvalOptions
+from harness.suite.suite import load_suite
+import harness.runs.worker as worker
+from harness.runs.worker import MIN_CASES, plan_base_worker
+from harness.engine.threads import apply_requested_threads, request_threads
 from tests.test_pipeline import _adapter, _small_suite
 
 
@@ -72,7 +73,7 @@ def test_failed_worker_falls_back_to_decoding_here(tiny_model_dir: Path, tmp_pat
 
 
 def test_worker_plan_says_why_not(tiny_model_dir: Path) -> None:
-    from harness.loading import Runtime, load_model, load_tokenizer
+    from harness.engine.loading import Runtime, load_model, load_tokenizer
 
     ref = resolve(str(tiny_model_dir))
     model, tok = load_model(ref, Runtime.pick("cpu")), load_tokenizer(ref)
@@ -92,7 +93,7 @@ def test_worker_plan_says_why_not(tiny_model_dir: Path) -> None:
 
 
 def test_worker_plan_respects_memory(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.loading import Runtime, load_model, load_tokenizer
+    from harness.engine.loading import Runtime, load_model, load_tokenizer
 
     if torch.get_num_threads() < 2:
         pytest.skip("the worker needs two CPU threads")

@@ -1,7 +1,7 @@
 """LoRA/QLoRA supervised fine-tuning recipe: YAML preset in, adapter + metadata + model card out.
 
-Composes TRL's SFTTrainer (no subclass). Run with `harness train CONFIG` or
-`python -m trainers.sft_recipe CONFIG`; every preset in trainers/configs/ starts with its launch command.
+Composes TRL's SFTTrainer (no subclass). Run with `harness train CONFIG`; every preset in
+trainers/configs/ starts with its launch command.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from typing import Any
 
 import torch
 
-from harness import attention
-from harness.data import DataSplit, Example, evaluation_format, load_examples, split
-from harness.doctor import Finding, diagnose
+from harness.engine import attention
+from harness.training.data import DataSplit, Example, evaluation_format, load_examples, split
+from harness.training.doctor import Finding, diagnose
 from harness.env import hardware, package_versions, weights_sha256
 from harness.errors import HarnessInputError, Problem
-from harness.hygiene import hygiene_report, hygiene_summary
+from harness.training.hygiene import hygiene_report, hygiene_summary
 from harness.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
-from harness.models import ModelRef, resolve
-from harness.prompts import PromptFormat
-from harness.safety import plant_canaries
-from harness.suite import Suite, load_suite
-from harness.train_config import TrainConfig
+from harness.models.embedded import ModelRef, resolve
+from harness.variants.prompts import PromptFormat
+from harness.scoring.safety import plant_canaries
+from harness.suite.suite import Suite, load_suite
+from harness.training.config import TrainConfig
 from trainers.cpu_path import fused_lora_linears
 
 
@@ -114,7 +114,7 @@ def _plant(examples: list[Example], n: int, seed: int) -> tuple[list[Example], t
 
 def prepare(cfg: TrainConfig, root: Path = Path(".")) -> Prepared:
     """Model reference, tokenizer, data, hygiene report and doctor findings; raises nothing itself."""
-    from harness.loading import load_tokenizer
+    from harness.engine.loading import load_tokenizer
 
     ref = resolve(cfg.model)
     tokenizer = load_tokenizer(ref)
@@ -183,7 +183,7 @@ def _load_model(ref: ModelRef, precision: dict[str, Any]) -> Any:
         kwargs["dtype"] = torch.float32 if precision["weights"] == "fp32" else torch.bfloat16
     if precision["device"] == "cpu":
         # SDPA's CPU flash-attention backward took 20% of a demo step (1.3 s of 6.8 s, profiled) and
-        # transformers' eager attention 18%; harness.attention's training path is plain matmul + softmax
+        # transformers' eager attention 18%; harness.engine.attention's training path is plain matmul + softmax
         # without repeated keys/values or fp32 round trips (361 vs 345 tok/s, then 379 with an additive mask)
         kwargs["attn_implementation"] = CPU_ATTENTION
         precision["attention"] = CPU_ATTENTION
@@ -494,7 +494,7 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         "base_model": {"spec": cfg.model, "path": str(ref.path), "weights_sha256": weights_sha256(ref.path), "provenance": ref.provenance},
         "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors"),
         "data": {"path": cfg.data.path, "sha256": data.sha256, "file_sha256": file_sha, "format": cfg.data.format, "examples": data.total, "train": len(data.train), "validation": len(data.validation)},
-        # the format the training prompts were built in, for the evaluator (harness.prompts.load_format reads it);
+        # the format the training prompts were built in, for the evaluator (harness.variants.prompts.load_format reads it);
         # null when it cannot be known (text data without data.template), with the reason beside it
         "prompt_format": prep.prompt_format.to_json() if prep.prompt_format is not None else None,
         "prompt_format_reason": prep.prompt_format_reason,
@@ -568,14 +568,3 @@ def _describe_format(meta: dict[str, Any]) -> str:
     if not raw:
         return f"unknown ({meta.get('prompt_format_reason') or 'not recorded'})"
     return PromptFormat(**raw).describe()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainers.sft_recipe CONFIG ...` is `harness train CONFIG ...`: one parser, one error path."""
-    from harness.cli import main as harness_main
-
-    return harness_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 
 from common import SEED000_TARGETS, device_summary, mistral_config, write_json  # noqa: E402
-from harness.generate import generate  # noqa: E402
-from harness.suite import GenerationSettings  # noqa: E402
+from harness.engine.generate import generate  # noqa: E402
+from harness.suite.suite import GenerationSettings  # noqa: E402
 
 EOS = 2
 

@@ -1,0 +1,60 @@
+"""`harness pipeline`: one way to produce a run: base, base+adapter and its in-process merge.
+
+The three variants go through the same stages as any `harness compare` run (harness.compare): the base
+weights are loaded once, the adapter is attached with PEFT, "base" runs with the adapter disabled, then the
+adapter is merged in place, brought to the export dtype (`merge_dtype`: by default the dtype the base
+checkpoint is stored in), evaluated on exactly the weights it is saved with, and saved as a standalone
+safetensors folder. The adapter is evaluated in the prompt format its training recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.runs.compare import Plan, export_dtype, portable_tokenizer_config, run_variants, to_export_dtype
+from harness.errors import HarnessInputError, Problem
+from harness.verdict.gates import GatePolicy
+from harness.engine.loading import Runtime
+from harness.models.embedded import ModelRef
+from harness.runs.evaluate import EvalOptions
+from harness.suite.suite import Suite
+from harness.variants.spec import VariantSpec, resolve_variants
+
+__all__ = ["export_dtype", "portable_tokenizer_config", "run_pipeline", "pipeline_variants", "to_export_dtype"]
+
+
+def pipeline_variants(adapter_dir: Path, merge_dtype: str = "auto") -> tuple[VariantSpec, ...]:
+    """The three variants every pipeline run evaluates, named as every earlier report named them."""
+    return (VariantSpec("base", "base"), VariantSpec("adapter", "adapter", path=str(adapter_dir)),
+            VariantSpec("merged", "merged", derived_from="adapter", merge_dtype=merge_dtype))  # type: ignore[arg-type]
+
+
+def run_pipeline(
+    suite: Suite,
+    base_ref: ModelRef,
+    adapter_dir: Path,
+    reports_dir: Path,
+    options: EvalOptions,
+    device: str = "auto",
+    run_id: str | None = None,
+    training: dict[str, Any] | None = None,
+    policy: GatePolicy | None = None,
+    retention_dir: Path | None = None,
+    retention_limit: int | None = None,
+    merge_dtype: str = "auto",
+    parallel_base: bool | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Evaluate the three variants; returns the run folder and the report.
+
+    `parallel_base`: decode the base in a second process while the adapter decodes (harness.worker);
+    None decides from the device, the cache, the cores, the memory and the number of cases to decode.
+    """
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise HarnessInputError(Problem(str(adapter_dir), "is not a PEFT adapter folder (no adapter_config.json)", "pass the adapter/ folder of a trained candidate"))
+    export_dtype(merge_dtype, base_ref)  # a bad value is an input error before any model work
+    variants = resolve_variants(pipeline_variants(adapter_dir, merge_dtype), suite.system_prompt, "harness pipeline", base_ref.spec)
+    plan = Plan(suite, base_ref, variants, options, Runtime.pick(device), policy=policy, run_id=run_id, kind="pipeline",
+                retention_dir=retention_dir, retention_limit=retention_limit, parallel_base=parallel_base,
+                slug=f"{base_ref.spec}+{adapter_dir.parent.name}")
+    return run_variants(plan, reports_dir, training=training)

@@ -1,0 +1,87 @@
+"""From what a user writes (a run file, or `harness compare` flags) to a Plan the engine runs.
+
+Everything that can be checked without loading a model is checked here, all problems at once: the run
+file's keys, the suite, every variant's files and references, the gate policy against the run's variant
+names. A mistake costs a second, not a model load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from harness.runs.compare import Plan
+from harness.errors import HarnessInputError, Problem
+from harness.verdict.gates import GATES_FILE, GatePolicy, load_policy
+from harness.engine.loading import Runtime
+from harness.models.embedded import resolve
+from harness.runs.evaluate import EvalOptions
+from harness.suite.suite import load_suite
+from harness.variants.spec import RunSpec, VariantSpec, load_run_file, resolve_variants
+
+
+def parse_variant_flag(kind: str, value: str) -> VariantSpec:
+    """`NAME=PATH` or `NAME=PATH@FROM` (the variant it derives from), as `harness compare` flags take them."""
+    name, sep, rest = value.partition("=")
+    if not sep or not name or not rest:
+        raise HarnessInputError(Problem(f"--{kind} {value}", "is not NAME=PATH", f"e.g. --{kind} mine=path/to/it" + ("@adapter-name" if kind != "adapter" else "")))
+    path, at, source = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    return VariantSpec(name=name, kind=kind, path=path if at else rest, derived_from=source or None)  # type: ignore[arg-type]
+
+
+def spec_from_flags(suite: str, base: str, adapters: list[str], merged: list[str], ggufs: list[str], with_base: bool = True) -> RunSpec:
+    """A run spec from flags: the base (unless left out), then adapters, merged folders and GGUF files in that order."""
+    variants = ([VariantSpec("base", "base")] if with_base else [])
+    variants += [parse_variant_flag("adapter", a) for a in adapters]
+    variants += [parse_variant_flag("merged", m) for m in merged]
+    variants += [parse_variant_flag("gguf", g) for g in ggufs]
+    return RunSpec(suite=suite, variants=tuple(variants), base=base, source="command-line flags")
+
+
+def plan_run(run: Path | RunSpec, options: EvalOptions, device: str = "auto", run_id: str | None = None,
+             policy_override: GatePolicy | None = None, gates_path: Path | None = None) -> Plan:
+    """Resolve a run file (or a spec built from flags) into a Plan: suite, base, variants, policy."""
+    spec = load_run_file(run) if isinstance(run, Path) else run
+    where = spec.source or "run"
+    suite = load_suite(spec.suite)
+    variants = resolve_variants(spec.variants, suite.system_prompt, where, spec.base)  # every mistake before any training
+    if any(v.preset for v in spec.variants):
+        variants = resolve_variants(tuple(_trained(v, spec.base) for v in spec.variants), suite.system_prompt, where, spec.base)
+    names = [v.name for v in variants]
+    policy: GatePolicy | None
+    if policy_override is not None:
+        policy = policy_override
+        _check_policy_names(policy, names)
+    elif gates_path is not None:
+        policy = load_policy(gates_path, names)
+    elif spec.gates == "none":
+        policy = None
+    elif spec.gates is not None:
+        policy = load_policy(Path(spec.gates), names)
+    else:
+        default = suite.path / GATES_FILE
+        policy = load_policy(default, names) if default.is_file() else None
+    base_ref = resolve(spec.base)
+    canaries = tuple(dict.fromkeys(c for v in variants for c in v.canaries))
+    return Plan(suite, base_ref, variants, replace(options, canaries=canaries or options.canaries), Runtime.pick(device), policy=policy,
+                run_id=run_id, kind="compare", source=where)
+
+
+def _trained(v: VariantSpec, base: str) -> VariantSpec:
+    """An adapter named by its training preset: the preset's candidate, trained now unless it already exists."""
+    if not v.preset or v.kind != "adapter" or v.path is not None:
+        return v
+    from harness.training.config import load_train_config
+    from trainers.sft_recipe import candidate_adapter
+
+    cfg = load_train_config(v.preset)
+    if cfg.model != base:
+        raise HarnessInputError(Problem(f"variant {v.name}: preset {v.preset}", f"trains on {cfg.model!r}, not on the run's base {base!r}",
+                                        "compare candidates of one base model in a run, or set the run's base to the preset's model"))
+    adapter, _ = candidate_adapter(cfg)
+    return replace(v, preset=None, path=str(adapter))
+
+
+def _check_policy_names(policy: GatePolicy, names: list[str]) -> None:
+    """A policy loaded before the run's variants were known is checked against them now."""
+    load_policy(Path(policy.source), names) if policy.source and Path(policy.source).is_file() else None

@@ -1,0 +1,1 @@
+"""Scorers and their registry: format, fields, tone, safety, the optional judge; one module per scorer."""

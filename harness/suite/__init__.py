@@ -1,0 +1,1 @@
+"""Golden suites: cases, the JSON-schema contract, the tone contract; loaded strictly."""

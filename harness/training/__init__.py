@@ -1,0 +1,1 @@
+"""Training configuration, data loading and hygiene, and the doctor."""

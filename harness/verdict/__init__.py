@@ -1,0 +1,1 @@
+"""Promotion gates, the champion alias and the sign-off ledger."""
