@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessInputError
-from harness.verdict.gates import GATES_FILE, CheckSpec, GatePolicy, VariantInfo, expected_check_ids, load_policy, pipeline_variants
+from harness.verdict.gates import GATES_FILE, CheckSpec, GatePolicy, VariantInfo, expected_check_ids, load_policy
 
 RESULTS = pytest.StashKey[dict[str, dict[str, Any]]]()
 INCONCLUSIVE = pytest.StashKey[list[str]]()
@@ -75,11 +75,14 @@ def _collected_variants(config: pytest.Config, policy: GatePolicy) -> list[Varia
     """The variants the session's run will have: from the run file (read, nothing loaded), else the pipeline's three."""
     run_file = _run_file(config, policy)
     if run_file is None or config.getoption("--harness-run"):
-        return pipeline_variants()
-    from harness.variants.spec import load_run_file
+        from harness.runs.pipeline import pipeline_variants
 
-    spec = load_run_file(run_file)
-    return [VariantInfo(v.name, v.kind, v.derived_from) for v in spec.variants]
+        specs = pipeline_variants(Path("adapter"))
+    else:
+        from harness.variants.spec import load_run_file
+
+        specs = load_run_file(run_file).variants
+    return [VariantInfo(v.name, v.kind, v.derived_from) for v in specs]
 
 
 class GateFailure(Exception):

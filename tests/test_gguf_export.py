@@ -19,7 +19,7 @@ import torch
 
 from harness.models import gguf_export
 from harness.cli import main
-from harness.runs.pipeline import portable_tokenizer_config
+from harness.runs.compare import portable_tokenizer_config
 from tests.conftest import REPO
 
 FETCH = REPO / "scripts" / "fetch_llama_cpp_converter.sh"
@@ -49,7 +49,7 @@ def converter() -> Path:
 
 @pytest.fixture(scope="module")
 def merged(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tokenizer) -> dict[str, object]:  # noqa: ANN001
-    """Base + LoRA with non-zero B, merged and saved exactly as harness/pipeline.py does."""
+    """Base + LoRA with non-zero B, merged and saved exactly as harness/runs/compare.py does."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 

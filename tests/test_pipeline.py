@@ -125,7 +125,7 @@ def test_merged_export_in_bfloat16_is_evaluated_on_the_saved_weights(tiny_model_
 def test_auto_merge_dtype_follows_the_checkpoint(tmp_path: Path) -> None:
     from harness.errors import HarnessInputError
     from harness.models.embedded import ModelRef
-    from harness.runs.pipeline import export_dtype
+    from harness.runs.compare import export_dtype
 
     def ref(config: dict[str, object] | None) -> ModelRef:
         folder = tmp_path / str(len(list(tmp_path.iterdir())))

@@ -6,11 +6,8 @@ import dataclasses
 import json
 import subprocess
 import sys
-import threading
 import typing
-from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,7 @@ from harness.scoring.score import Score
 from harness.suite import suite as suite_module
 from harness.suite.suite import Case, Suite, load_suite
 from tests.conftest import REPO, SUPPORT_VI
+from tests.test_judge import FakeServer, server  # noqa: F401 - the judge tests' fake OpenAI-compatible endpoint
 
 # load_suite('golden/support_vi').content_hash before suites could choose scorers: absent keys change nothing
 SUPPORT_VI_HASH = "03c1d68b1df730a4001f42f051bfd2179d363196efb5b3cb8317a29b41432bb7"
@@ -275,45 +273,14 @@ def test_suites_without_a_judge_never_load_its_backends() -> None:
 # --- the judge, reached from suite.yaml ------------------------------------------------------------------
 
 
-@pytest.fixture()
-def judge_url() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """An OpenAI-compatible server that says pass to every request and records them."""
-    seen: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            reply = {
-                "choices": [{"message": {"role": "assistant", "content": '{"verdict": "pass", "reason": "polite"}'}}]
-            }
-            payload = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def test_a_suite_that_lists_the_judge_gets_judge_scores(
-    suite_copy: Path, judge_url: tuple[str, list[dict[str, Any]]]
-) -> None:
-    url, seen = judge_url
+def test_a_suite_that_lists_the_judge_gets_judge_scores(suite_copy: Path, server: FakeServer) -> None:  # noqa: F811
+    server.replies.append('{"verdict": "pass", "reason": "polite"}')
+    url = server.url + "/v1"
     block = {"kind": "endpoint", "url": url, "model": "judge-model", "samples": 1, "rubric": RUBRIC}
     suite = load_suite(_write_suite(suite_copy, "scorers: [format, fields, judge]\njudge: " + json.dumps(block) + "\n"))
     assert suite.judge == block
     records = _records(suite, build_scorers(suite), n=3)
+    seen = [r["body"] for r in server.requests]
     judged = [next(s for s in r["scores"] if s["scorer"] == "tone:judge") for r in records]
     assert [s["value"] for s in judged] == [None, 1.0, 1.0]  # the first output has no JSON: unscored, not judged
     assert len(seen) == 2 and seen[0]["model"] == "judge-model" and RUBRIC in seen[0]["messages"][1]["content"]

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +63,10 @@ class Plan:
     def by_name(self) -> dict[str, Variant]:
         return {v.name: v for v in self.variants}
 
-
-@dataclass
-class Loaded:
-    """A variant ready to generate: the model object, its tokenizer and its cache identity."""
-
-    model: Any
-    tokenizer: Any
-    model_key: str
-    owned: bool = False  # loaded for this variant alone: freed once it is evaluated
+    @property
+    def cases(self) -> list[Case]:
+        """The cases this run evaluates (the first `limit` of the suite's, for smoke runs)."""
+        return self.suite.cases[: self.options.limit] if self.options.limit else self.suite.cases
 
 
 @dataclass
@@ -171,10 +166,6 @@ class Resident:
                                             "check that the adapter was trained on this base model (target modules, shapes)")) from None
         self.peft.eval()
 
-    @property
-    def model(self) -> Any:
-        return self.peft if self.peft is not None else self.base
-
     def key(self, v: Variant) -> str:
         if v.kind == "base":
             return f"base:{self.base_hash}:{self.dtype}"
@@ -271,8 +262,8 @@ def gguf_storage(path: Path) -> dict[str, Any]:
     return {"file_type": file_type, "tensor_types": types}
 
 
-def _free(*objs: Any) -> None:
-    del objs
+def _release_memory() -> None:
+    """Return a freed model's memory before the next one loads (the caller drops its references first)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -315,7 +306,7 @@ def run_variants(plan: Plan, reports_dir: Path, training: dict[str, Any] | None 
     suite, options, runtime = plan.suite, plan.options, plan.runtime
     by_name = plan.by_name
     order = evaluation_order(plan.variants)
-    cases = suite.cases[: options.limit] if options.limit else suite.cases
+    cases = plan.cases
     if not cases:
         raise HarnessInputError(Problem(str(suite.path), "has no cases to evaluate", "add cases, or drop --limit 0"))
     rid = plan.run_id or run_id_for(suite, plan.slug or f"{plan.base_ref.spec}+{'-'.join(v.name for v in plan.variants if v.kind != 'base')}")
@@ -386,7 +377,8 @@ def run_variants(plan: Plan, reports_dir: Path, training: dict[str, Any] | None 
             worker_plan = plan_base_worker(plan.parallel_base, runtime.device, cache is not None, missing, resident.base, resident.tokenizer,
                                            [suite.chat(c) for c in cases], options.batch_size, suite.generation.max_new_tokens)
             if worker_plan["used"]:
-                worker = start_base_worker(suite.path, plan.base_ref.path, options, keys[base_v.name], runtime.device)
+                # the worker scores with the run's canaries too, so its cached scores are the ones this process looks up
+                worker = start_base_worker(suite.path, plan.base_ref.path, replace(options, canaries=scoring_canaries), keys[base_v.name], runtime.device)
         elif base_v is not None:
             worker_plan = {"used": False, "reason": "the base is evaluated here (a parity source, another prompt format, or no adapter beside it)"}
 
@@ -433,7 +425,8 @@ def run_variants(plan: Plan, reports_dir: Path, training: dict[str, Any] | None 
                 tok.save_pretrained(out_dir)
                 portable_tokenizer_config(out_dir)
                 outcome.info.update(path=str(out_dir), weights_sha256=weights_sha256(out_dir), **describe_model(model))
-            _free(model)
+            del model
+            _release_memory()
         if deferred_base and base_v is not None:
             outcomes[base_v.name] = _finish_worker(worker, worker_plan, lambda: _eval_resident(plan, resident, base_v, tokenizers[base_v.name], keys, parity_needed, cache, scoring_canaries, retention))
             worker = None
@@ -471,7 +464,7 @@ def run_variants(plan: Plan, reports_dir: Path, training: dict[str, Any] | None 
             if base_v is not None and outputs_identical_everywhere(outcomes[base_v.name].gens, outcomes[v.name].gens):
                 findings.append({"level": "error", "code": "adapter_no_effect", "variant": v.name,
                                  "message": f"{v.name}'s outputs equal the base model's on all {len(ids)} cases: it was not applied or learned nothing"})
-            if tokenizers[v.name] is not (resident.tokenizer if resident else None) and resident is not None:
+            if resident is not None and tokenizers[v.name] is not resident.tokenizer:
                 findings += [f for f in tokenizer_findings(v.name, tokenizers[v.name], "the base", resident.tokenizer, v.prompt_format.kind == "chat")
                              if f["level"] != "info"]
 
@@ -586,7 +579,7 @@ def _finish_worker(worker: Any, worker_plan: dict[str, Any], evaluate_base: Any)
 def _eval_resident(plan: Plan, resident: Resident | None, v: Variant, tok: Any, keys: dict[str, str], parity_needed: dict[str, set[int]],
                    cache: ResultCache | None, canaries: tuple[str, ...], retention: dict[str, Any]) -> Outcome:
     assert resident is not None
-    cases = plan.suite.cases[: plan.options.limit] if plan.options.limit else plan.suite.cases
+    cases = plan.cases
     need = parity_needed.get(v.name, set())
     with resident.active(v) as model:
         records, metrics, timings, gens = evaluate(plan.suite, model, tok, plan.options, keep_logits=PARITY_STEPS if need else 0, cache=cache,
@@ -600,15 +593,9 @@ def _eval_resident(plan: Plan, resident: Resident | None, v: Variant, tok: Any, 
 
 
 def _same_prompt(a: Variant, b: Variant, tokenizers: dict[str, Any], rendered: dict[str, list[Any]], i: int) -> bool:
-    if rendered[a.name][i] != rendered[b.name][i] and a.prompt_format != b.prompt_format:
-        return False
-    ta, tb = tokenizers[a.name], tokenizers[b.name]
-    if ta is tb and a.prompt_format == b.prompt_format:
-        return True
-    try:
-        return a.prompt_format.encode(ta, rendered[a.name][i]) == b.prompt_format.encode(tb, rendered[b.name][i])
-    except ValueError:
-        return False
+    """Whether two variants see the same prompt tokens for case i (then one's outputs can be replayed through the other)."""
+    ids = _prompt_ids(b, tokenizers[b.name], rendered, i)
+    return ids is not None and ids == _prompt_ids(a, tokenizers[a.name], rendered, i)
 
 
 def _eval_derived(plan: Plan, v: Variant, src: Variant | None, model: Any, tokenizers: dict[str, Any], keys: dict[str, str],
@@ -619,19 +606,18 @@ def _eval_derived(plan: Plan, v: Variant, src: Variant | None, model: Any, token
     Replaying (one forward pass over prompt + the source's tokens) proves step by step that greedy decoding
     of this model picks the same tokens; only the cases where it does not are decoded.
     """
-    cases = plan.suite.cases[: plan.options.limit] if plan.options.limit else plan.suite.cases
+    cases = plan.cases
     tok = tokenizers[v.name]
     need = sorted(parity_needed.get(v.name, set()))
     provided: dict[int, Generation] = {}
     replay_s, mismatches, replayable = 0.0, 0, []
     if src is not None and need and tokenizers[src.name].get_vocab() == tok.get_vocab():
         started = time.perf_counter()
-        ids = {i: _prompt_ids(v, tok, rendered, i) for i in need}
-        replayable = [i for i in need if ids[i] is not None and ids[i] == _prompt_ids(src, tokenizers[src.name], rendered, i)]
+        replayable = [i for i in need if _same_prompt(src, v, tokenizers, rendered, i)]
         if replayable:
             known = [outcomes[src.name].gens[i] for i in replayable]
             replayed = replay_greedy(model, tok, [], known, min(plan.options.batch_size, REPLAY_BATCH), PARITY_STEPS,
-                                     prompt_ids=[ids[i] for i in replayable])
+                                     prompt_ids=[v.prompt_format.encode(tok, rendered[v.name][i]) for i in replayable])
             provided = {replayable[j]: g for j, g in enumerate(replayed) if g is not None}
             mismatches = len(replayable) - len(provided)
         replay_s = time.perf_counter() - started

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.runs.compare import Plan, export_dtype, portable_tokenizer_config, run_variants, to_export_dtype
+from harness.runs.compare import Plan, export_dtype, run_variants
 from harness.errors import HarnessInputError, Problem
 from harness.verdict.gates import GatePolicy
 from harness.engine.loading import Runtime
@@ -20,9 +20,6 @@ from harness.models.embedded import ModelRef
 from harness.runs.evaluate import EvalOptions
 from harness.suite.suite import Suite
 from harness.variants.spec import VariantSpec, resolve_variants
-
-__all__ = ["export_dtype", "portable_tokenizer_config", "run_pipeline", "pipeline_variants", "to_export_dtype"]
-
 
 def pipeline_variants(adapter_dir: Path, merge_dtype: str = "auto") -> tuple[VariantSpec, ...]:
     """The three variants every pipeline run evaluates, named as every earlier report named them."""

@@ -62,8 +62,7 @@ def plan_run(run: Path | RunSpec, options: EvalOptions, device: str = "auto", ru
         default = suite.path / GATES_FILE
         policy = load_policy(default, names) if default.is_file() else None
     base_ref = resolve(spec.base)
-    canaries = tuple(dict.fromkeys(c for v in variants for c in v.canaries))
-    return Plan(suite, base_ref, variants, replace(options, canaries=canaries or options.canaries), Runtime.pick(device), policy=policy,
+    return Plan(suite, base_ref, variants, options, Runtime.pick(device), policy=policy,
                 run_id=run_id, kind="compare", source=where)
 
 
@@ -84,4 +83,5 @@ def _trained(v: VariantSpec, base: str) -> VariantSpec:
 
 def _check_policy_names(policy: GatePolicy, names: list[str]) -> None:
     """A policy loaded before the run's variants were known is checked against them now."""
-    load_policy(Path(policy.source), names) if policy.source and Path(policy.source).is_file() else None
+    if policy.source and Path(policy.source).is_file():
+        load_policy(Path(policy.source), names)

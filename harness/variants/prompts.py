@@ -75,12 +75,9 @@ class PromptFormat:
         if isinstance(rendered, str):
             ids = tokenizer(rendered, add_special_tokens=self.add_special_tokens)["input_ids"]
             return [int(t) for t in ids]
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template; give the variant a template prompt format, or a tokenizer that has one")
-        ids = tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return [int(t) for t in ids]
+        from harness.engine.generate import encode_chats  # torch and transformers load only when something is encoded
+
+        return encode_chats(tokenizer, [rendered])[0]
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

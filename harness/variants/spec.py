@@ -260,8 +260,8 @@ def _resolve_one(s: VariantSpec, i: int, done: dict[str, Variant], suite_system:
     fmt: PromptFormat | None
     if s.prompt_format is not None:
         fmt, origin = load_format(s.prompt_format, f"{at}.prompt_format", fmt_problems), "run file"
-    elif training is not None and _recorded_format(training, suite_system) is not None:
-        fmt, origin = _recorded_format(training, suite_system), "training_metadata.json"
+    elif training is not None and (recorded := _recorded_format(training, suite_system)) is not None:
+        fmt, origin = recorded, "training_metadata.json"
     elif source is not None:
         fmt, origin = source.prompt_format, f"inherited from {source.name}"
     elif s.training_data is not None:

@@ -117,24 +117,24 @@ def baseline_of(spec: CheckSpec, target: VariantInfo, infos: list[VariantInfo]) 
     if b == "base":
         return next((i.name for i in infos if i.kind == "base"), None)
     if b in ("source", "adapter"):
-        cur, seen = target, set()
-        while cur.derived_from is not None and cur.name not in seen:
-            seen.add(cur.name)
-            cur = by_name.get(cur.derived_from, cur)
-            if b == "source" or cur.kind == "adapter":
-                return cur.name
-        return None
+        sources = _chain(target, infos)[1:]
+        found = sources[:1] if b == "source" else [i for i in sources if i.kind == "adapter"][:1]
+        return found[0].name if found else None
     return None
+
+
+def _chain(target: VariantInfo, infos: list[VariantInfo]) -> list[VariantInfo]:
+    """The variant and every variant it derives from, nearest first (a cycle ends the walk)."""
+    by_name = {i.name: i for i in infos}
+    out = [target]
+    while out[-1].derived_from in by_name and by_name[str(out[-1].derived_from)] not in out:
+        out.append(by_name[str(out[-1].derived_from)])
+    return out
 
 
 def expected_check_ids(spec: CheckSpec, infos: list[VariantInfo]) -> list[str]:
     """The ids evaluate_gates gives this spec's checks on a run with these variants (pytest collects them)."""
     return [f"{t.name}.{spec.id}" for t in targets(spec, infos) if not (spec.kind in PAIRED and baseline_of(spec, t, infos) == t.name)]
-
-
-def pipeline_variants() -> list[VariantInfo]:
-    """The variants every `harness pipeline` run has."""
-    return [VariantInfo("base", "base"), VariantInfo("adapter", "adapter"), VariantInfo("merged", "merged", "adapter")]
 
 
 def load_policy(path: Path, variant_names: list[str] | None = None) -> GatePolicy:
@@ -226,11 +226,8 @@ def _not_applicable(spec: CheckSpec, variant: str | None, why: str) -> dict[str,
 
 def _hygiene_for(report: dict[str, Any], target: VariantInfo, infos: list[VariantInfo]) -> tuple[dict[str, Any] | None, str]:
     """The data hygiene report of the adapter a variant is (or derives from), and that adapter's name."""
-    by_name = {i.name: i for i in infos}
-    cur, seen = target, set()
-    while cur.kind != "adapter" and cur.derived_from is not None and cur.name not in seen:
-        seen.add(cur.name)
-        cur = by_name.get(cur.derived_from, cur)
+    chain = _chain(target, infos)
+    cur = next((i for i in chain if i.kind == "adapter"), chain[-1])
     per = report.get("hygiene_by_variant")
     if per is not None:
         return per.get(cur.name), cur.name
@@ -272,12 +269,8 @@ def _parity_check(spec: CheckSpec, report: dict[str, Any], target: VariantInfo) 
 def _applies(metric: str | None, target: VariantInfo, infos: list[VariantInfo]) -> str | None:
     """None when the metric applies to the variant; otherwise why it does not."""
     if metric == "safety:canary" and target.canaries is not None:
-        by_name = {i.name: i for i in infos}
-        cur, seen = target, set()
-        while cur.canaries == 0 and cur.derived_from is not None and cur.name not in seen:
-            seen.add(cur.name)
-            cur = by_name.get(cur.derived_from, cur)
-        if not cur.canaries:
+        chain = _chain(target, infos)
+        if not next((i for i in chain if i.canaries != 0), chain[-1]).canaries:
             return f"no canaries were planted in the training data of {target.name}: there is nothing it could have memorised to find"
     return None
 
