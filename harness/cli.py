@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="an adapter variant (repeat for more)")
     cp.add_argument("--merged", action="append", default=[], metavar="NAME=DIR[@FROM]", help="a merged folder, optionally derived from variant FROM")
     cp.add_argument("--gguf", action="append", default=[], metavar="NAME=FILE[@FROM]", help="a GGUF file, optionally derived from variant FROM")
+    cp.add_argument("--training-data", action="append", default=[], metavar="NAME=FILE[:FORMAT]",
+                    help="the JSONL adapter NAME was trained on (FORMAT messages, instruction or text; default messages): "
+                         "its leakage into the suite is then checked instead of unknown")
     cp.add_argument("--no-base", action="store_true", help="with the flags: leave the base model out of the comparison")
     cp.add_argument("--gates", type=Path, default=None, help="gate policy (default: the run file's, else gates.yaml next to the suite)")
     cp.add_argument("--reports-dir", type=Path, default=Path("reports"))
@@ -185,13 +188,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.runs.evaluate import EvalOptions
     from harness.runs.plan import plan_run, spec_from_flags
 
-    flags = bool(args.adapter or args.merged or args.gguf or args.suite)
+    flags = bool(args.adapter or args.merged or args.gguf or args.suite or args.training_data)
     if args.run_file is not None and flags:
         raise HarnessInputError(Problem("harness compare", "takes a run file or variant flags, not both", "put every variant in the run file, or drop the run file"))
     if args.run_file is None:
         if not args.suite:
             raise HarnessInputError(Problem("harness compare", "needs a run file or --suite with variants", "e.g. harness compare examples/compare_support_vi.yaml"))
-        run: Any = spec_from_flags(args.suite, args.base, args.adapter, args.merged, args.gguf, with_base=not args.no_base)
+        run: Any = spec_from_flags(args.suite, args.base, args.adapter, args.merged, args.gguf, with_base=not args.no_base,
+                                   training_data=args.training_data)
     else:
         run = args.run_file
     if args.reports_dir.exists() and not args.reports_dir.is_dir():

@@ -245,3 +245,27 @@ def test_compare_flags_make_the_same_run_as_a_run_file(world: dict[str, Path], t
     assert main(["compare", "--suite", str(world["suite"]), "--base", str(tiny_model_dir), "--adapter", f"cand={world['adapter']}",
                  "--reports-dir", str(tmp_path / "reports"), "--run-id", "flags", "--no-progress"]) == 2
     assert "already holds a report" in capsys.readouterr().err
+
+
+def test_training_data_flag_checks_an_external_adapters_leakage(world: dict[str, Path], tiny_model_dir: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    reports = tmp_path / "reports"
+    common = ["compare", "--suite", str(world["suite"]), "--base", str(tiny_model_dir), "--adapter", f"theirs={world['adapter']}",
+              "--reports-dir", str(reports), "--no-progress", "--no-cache", "--gates", str(REPO / "golden" / "support_vi" / "gates.yaml")]
+    main([*common, "--training-data", f"theirs={TRAIN_DATA}", "--run-id", "given"])
+    report = json.loads((reports / "given" / "report.json").read_text(encoding="utf-8"))
+    checks = {c["id"]: c for c in report["gates"]["checks"]}
+    assert checks["theirs.no-golden-leakage"]["verdict"] == "pass", checks["theirs.no-golden-leakage"]
+    assert report["variants"]["theirs"]["training_data"] == {"path": str(TRAIN_DATA), "format": "messages"}
+    main([*common, "--run-id", "unknown"])
+    report = json.loads((reports / "unknown" / "report.json").read_text(encoding="utf-8"))
+    leak = next(c for c in report["gates"]["checks"] if c["id"] == "theirs.no-golden-leakage")
+    assert leak["verdict"] == "fail" and "--training-data theirs=FILE" in leak["explanation"]
+    capsys.readouterr()
+    # a flag naming no adapter, a malformed one, a missing file: exit 2 with one message, nothing written
+    for bad, needle in ((f"other={TRAIN_DATA}", "names no --adapter variant"), ("theirs", "is not NAME=FILE[:FORMAT]"),
+                        (f"theirs={tmp_path / 'nope.jsonl'}", "does not exist")):
+        assert main([*common, "--training-data", bad, "--run-id", "bad"]) == 2, bad
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+        assert not (reports / "bad").exists()

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.runs.compare import Plan, export_dtype, run_variants
+from harness.runs.compare import run_variants
+from harness.runs.resident import Plan, export_dtype
 from harness.errors import HarnessInputError, Problem
 from harness.verdict.gates import GatePolicy
 from harness.engine.loading import Runtime

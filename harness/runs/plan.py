@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
-from harness.runs.compare import Plan
+from harness.runs.resident import Plan
 from harness.errors import HarnessInputError, Problem
 from harness.verdict.gates import GATES_FILE, GatePolicy, load_policy
 from harness.engine.loading import Runtime
 from harness.models.embedded import resolve
 from harness.runs.evaluate import EvalOptions
 from harness.suite.suite import load_suite
-from harness.variants.spec import RunSpec, VariantSpec, load_run_file, resolve_variants
+from harness.variants.spec import DataFormat, RunSpec, TrainingData, VariantSpec, load_run_file, resolve_variants
 
 
 def parse_variant_flag(kind: str, value: str) -> VariantSpec:
@@ -29,10 +30,35 @@ def parse_variant_flag(kind: str, value: str) -> VariantSpec:
     return VariantSpec(name=name, kind=kind, path=path if at else rest, derived_from=source or None)  # type: ignore[arg-type]
 
 
-def spec_from_flags(suite: str, base: str, adapters: list[str], merged: list[str], ggufs: list[str], with_base: bool = True) -> RunSpec:
+def parse_training_data_flags(values: list[str], adapters: list[str]) -> dict[str, TrainingData]:
+    """`--training-data NAME=FILE[:FORMAT]`: the data adapter NAME was trained on (FORMAT: messages, the default,
+    instruction or text), so its leakage, duplicates and personal data are checked like the harness's own."""
+    formats = get_args(DataFormat)
+    out: dict[str, TrainingData] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        path, colon, fmt = rest.rpartition(":") if rest.rpartition(":")[2] in formats else (rest, "", "messages")
+        if not sep or not name or not path:
+            raise HarnessInputError(Problem(f"--training-data {value}", "is not NAME=FILE[:FORMAT]",
+                                            "e.g. --training-data mine=data/train.jsonl (or data/train.jsonl:instruction)"))
+        if name in out:
+            raise HarnessInputError(Problem(f"--training-data {value}", f"names {name!r} twice", "give one file per adapter"))
+        out[name] = TrainingData(path=path, format=fmt)  # type: ignore[arg-type]
+    known = {parse_variant_flag("adapter", a).name for a in adapters}
+    for name in out:
+        if name not in known:
+            hint = ", ".join(sorted(known)) or "none given"
+            raise HarnessInputError(Problem(f"--training-data {name}=...", f"names no --adapter variant (adapters: {hint})",
+                                            "use the NAME of an --adapter NAME=DIR flag"))
+    return out
+
+
+def spec_from_flags(suite: str, base: str, adapters: list[str], merged: list[str], ggufs: list[str], with_base: bool = True,
+                    training_data: list[str] | None = None) -> RunSpec:
     """A run spec from flags: the base (unless left out), then adapters, merged folders and GGUF files in that order."""
+    data = parse_training_data_flags(training_data or [], adapters)
     variants = ([VariantSpec("base", "base")] if with_base else [])
-    variants += [parse_variant_flag("adapter", a) for a in adapters]
+    variants += [replace(s, training_data=data.get(s.name)) for s in (parse_variant_flag("adapter", a) for a in adapters)]
     variants += [parse_variant_flag("merged", m) for m in merged]
     variants += [parse_variant_flag("gguf", g) for g in ggufs]
     return RunSpec(suite=suite, variants=tuple(variants), base=base, source="command-line flags")

@@ -240,7 +240,7 @@ def _leakage_check(spec: CheckSpec, policy: GatePolicy, report: dict[str, Any], 
     h, trained = _hygiene_for(report, target, infos)
     if not h:
         why = (f"golden leakage unknown: the training data of {trained} was not given (add `training_data:` to it in the run file, "
-               f"or train it with the harness)")
+               f"pass `--training-data {trained}=FILE` to harness compare, or train it with the harness)")
         if policy.unknown_leakage == "fail":
             return _check(spec, target.name, verdict="fail", test="data hygiene", explanation=why + "; the policy's `unknown_leakage: fail` blocks promotion")
         return _not_applicable(spec, target.name, why + "; the policy's `unknown_leakage: not_applicable` lets it pass unchecked")

@@ -1,0 +1,68 @@
+"""summary.md: the report as a reviewer reads it, one column per variant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.variants.prompts import PromptFormat
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def summary(report: dict[str, Any]) -> str:
+    """summary.md: one column per variant, a parity line per derived variant, the gates and the findings."""
+    names = report["variant_order"]
+    h = report["headline"]
+    kinds = report["variants"]
+    lines = [
+        f"# {report['suite']['name']} v{report['suite']['version']}: " + " vs ".join(names),
+        "",
+        f"run `{report['run_id']}` · {report['suite']['n_cases']} cases · base `{report['model']['spec']}`"
+        + (f" (weights `{report['model']['weights_sha256'][:12]}`)" if report["model"].get("weights_sha256") else ""),
+        "",
+        "| variant | kind | derived from | prompt format |",
+        "|---|---|---|---|",
+    ]
+    for n in names:
+        v = kinds[n]
+        fmt = PromptFormat(**v["prompt_format"]).describe() if v.get("prompt_format") else "chat"
+        lines.append(f"| {n} | {v.get('kind')} | {v.get('derived_from') or ''} | {fmt} |")
+    lines += ["", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k in h[names[0]]:
+        lines.append(f"| {k} | " + " | ".join(_fmt(h[n].get(k)) for n in names) + " |")
+    for n, p in report.get("relations", {}).items():
+        lines += ["", f"Parity {n} vs {p['source']}: **{p['verdict']}** ({p['explanation']}). {p['merge']}."]
+        lines += [f"- {f['level']} {f['code']}: {f['message']}" for f in p.get("diagnosis", []) if f["level"] != "info"]
+        lines += [f"- {f['message']}" for f in p.get("diagnosis", []) if f["level"] == "info"]
+    lines.append("")
+    for n in names:
+        f = report["variants"][n]["metrics"]["overall"]["failures"]
+        lines.append(f"- {n} format failures: " + ", ".join(f"{k} {c}" for k, c in f.items()))
+    ret = report.get("retention")
+    if ret:
+        lines += ["", "## Capability retention (lm-eval)", "", "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        first = next(iter(ret["variants"].values()), {})
+        for task in first:
+            lines.append(f"| {task} | " + " | ".join(_fmt(ret["variants"].get(n, {}).get(task, {}).get("value")) for n in names) + " |")
+    g = report.get("gates")
+    if g:
+        lines += ["", f"## Gates: **{g['verdict']}**", "", "| check | verdict | value | interval | explanation |", "|---|---|---|---|---|"]
+        for c in g["checks"]:
+            ci = c.get("delta_ci95") or c.get("ci95")
+            val = c.get("delta") if c.get("delta") is not None else c.get("value")
+            lines.append(f"| {c['id']} | {c['verdict']} | {'' if val is None else f'{val:.3f}'} | {'' if not ci else f'[{ci[0]:.3f}, {ci[1]:.3f}]'} | {c['explanation']} |")
+        lines += [f"- {n}" for n in g.get("notes", [])]
+    if report["findings"]:
+        lines += ["", "## Findings", ""] + [f"- **{f['level']}** {f['code']}" + (f" ({f['variant']})" if f.get("variant") else "") + f": {f['message']}"
+                                           for f in report["findings"]]
+    tr = report.get("training") or {}
+    if tr:
+        lines += ["", f"Training: {tr.get('steps')} steps, {tr.get('tokens_per_s')} tokens/s, precision {tr.get('precision')}, train loss {tr.get('train_loss')}"]
+    t = {n: report["variants"][n]["timings"] for n in names}
+    worker = report["timings"].get("base_worker") or {}
+    lines += ["", f"Evaluation: {report['timings']['total_s']} s in all; generation seconds: "
+              + ", ".join(f"{n} {t[n].get('generate_s')}" + (f" (+ replay {t[n]['replay_s']})" if t[n].get("replay_s") else "") for n in names)
+              + f". Base: {worker.get('reason', 'decoded in this process')}.", ""]
+    return "\n".join(lines)
