@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+
+import pytest
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -42,3 +44,17 @@ def test_no_module_imports_a_higher_layer() -> None:
 def test_every_subpackage_says_what_it_is_for() -> None:
     for init in (REPO / "harness").glob("*/__init__.py"):
         assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"{init} has no docstring"
+
+
+def test_no_source_file_is_git_ignored() -> None:
+    """An ignore rule that matches a module drops it from every clone (a `runs/` rule once hid harness/runs/)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    sources = [str(p.relative_to(REPO)) for d in ("harness", "trainers", "tests", "golden", "benchmarks")
+               for p in (REPO / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    out = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, input="\n".join(sources),
+                         capture_output=True, text=True, check=False).stdout.split()
+    assert not out, f"ignored by .gitignore, so missing from clones: {out[:10]}"
