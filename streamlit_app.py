@@ -32,28 +32,61 @@ from streamlit.errors import StreamlitAPIException
 from harness import REPORT_SCHEMA_VERSION
 from harness.errors import HarnessInputError, Problem
 from harness.io import read_jsonl, sha256_file
-from harness.verdict.ledger import DECISIONS, HEAD_FILE, LEDGER_FILE, append_signoff, ledger_history, resolve_run_dir, run_report_path, verify_ledger
+from harness.verdict.ledger import (
+    DECISIONS,
+    HEAD_FILE,
+    LEDGER_FILE,
+    append_signoff,
+    ledger_history,
+    resolve_run_dir,
+    run_report_path,
+    verify_ledger,
+)
 
 REPORTS_ENV = "HARNESS_REPORTS_DIR"
 REPORT_KINDS = ("pipeline", "compare")
 LEGACY_VARIANTS = ("base", "adapter", "merged")  # what a report without variant_order compares, in this order
 # Altair's tableau20 with its grey moved first: the first variant (usually the base) stays grey and the older
 # three-variant reports keep their grey/blue/orange; a run with more than 20 variants reuses colours.
-PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
-           "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5")
+PALETTE = (
+    "#7f7f7f",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#c7c7c7",
+    "#dbdb8d",
+    "#9edae5",
+)
 SIDE_BY_SIDE = 3  # a case shows up to this many variants' outputs at once
 VARIANT_COLUMNS = ("variant", "kind", "derived from", "prompt format", "sources (sha256)", "tokenizer", "paths")
 VERDICT_COLOR = {"pass": "green", "fail": "red", "inconclusive": "orange", "blocked": "red", "not_applicable": "gray"}
 ABSENT = "not in this report"
-REGENERATE = (f"regenerate it with `harness pipeline` or `harness compare` (this app reads their reports, "
-              f"schema version {REPORT_SCHEMA_VERSION})")
+REGENERATE = (
+    f"regenerate it with `harness pipeline` or `harness compare` (this app reads their reports, "
+    f"schema version {REPORT_SCHEMA_VERSION})"
+)
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|$<>~:])")
 REWRITE_BELOW = 0.25
 _WORD = re.compile(r"\s+|\w+|[^\w\s]")
 _INS = "background:#c8f0c8;text-decoration:none"
 _DEL = "background:#f8c8c8;text-decoration:line-through"
-_BOX = ("white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:0.85rem;line-height:1.4;"
-        "border:1px solid #ddd;border-radius:4px;padding:6px")
+_BOX = (
+    "white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:0.85rem;line-height:1.4;"
+    "border:1px solid #ddd;border-radius:4px;padding:6px"
+)
 
 
 class SectionError(Exception):
@@ -141,20 +174,29 @@ def report_problems(report: Any, path: Path) -> list[Problem]:
         return [Problem(where, f"is a JSON {type(report).__name__}, not a report object", REGENERATE)]
     problems: list[Problem] = []
     if report.get("kind") not in REPORT_KINDS:
-        problems.append(Problem(f"{where}: kind",
-                                f"is {report.get('kind')!r}, not 'pipeline' or 'compare': this view compares variants",
-                                "open a run written by `harness pipeline` or `harness compare`; "
-                                "an eval-only run is summarised in its summary.md"))
+        problems.append(
+            Problem(
+                f"{where}: kind",
+                f"is {report.get('kind')!r}, not 'pipeline' or 'compare': this view compares variants",
+                "open a run written by `harness pipeline` or `harness compare`; "
+                "an eval-only run is summarised in its summary.md",
+            )
+        )
     if report.get("schema_version") != REPORT_SCHEMA_VERSION:
-        problems.append(Problem(f"{where}: schema_version",
-                                f"is {report.get('schema_version')!r}, this app reads version {REPORT_SCHEMA_VERSION}",
-                                "open it with the harness version that wrote it, or regenerate it"))
+        problems.append(
+            Problem(
+                f"{where}: schema_version",
+                f"is {report.get('schema_version')!r}, this app reads version {REPORT_SCHEMA_VERSION}",
+                "open it with the harness version that wrote it, or regenerate it",
+            )
+        )
     for key, kind in (("run_id", str), ("created_at", str), ("suite", dict), ("variants", dict)):
         if key not in report:
             problems.append(Problem(f"{where}: {key}", "is missing", REGENERATE))
         elif not isinstance(report[key], kind):
-            problems.append(Problem(f"{where}: {key}", f"is a {type(report[key]).__name__}, expected a {kind.__name__}",
-                                    REGENERATE))
+            problems.append(
+                Problem(f"{where}: {key}", f"is a {type(report[key]).__name__}, expected a {kind.__name__}", REGENERATE)
+            )
     if isinstance(report.get("variants"), dict):
         problems += _order_problems(report, where)
     return problems
@@ -164,22 +206,28 @@ def _order_problems(report: dict[str, Any], where: str) -> list[Problem]:
     """Every variant the order names must be in `variants` with metrics: the whole view is laid out by it."""
     order = report.get("variant_order")
     if order is not None and not (isinstance(order, list) and all(isinstance(v, str) and v for v in order)):
-        return [Problem(f"{where}: variant_order",
-                        f"is {type(order).__name__} {json.dumps(order)[:80]}, expected a list of variant names",
-                        REGENERATE)]
+        return [
+            Problem(
+                f"{where}: variant_order",
+                f"is {type(order).__name__} {json.dumps(order)[:80]}, expected a list of variant names",
+                REGENERATE,
+            )
+        ]
     if order is not None and len(set(order)) < len(order):
         dupes = sorted(v for v, n in Counter(order).items() if n > 1)
         return [Problem(f"{where}: variant_order", f"names {', '.join(map(repr, dupes))} more than once", REGENERATE)]
     names = variant_order(report)
     if not names:
-        what = ("is empty" if order is not None
-                else f"is missing and variants holds none of {', '.join(LEGACY_VARIANTS)}")
+        what = (
+            "is empty" if order is not None else f"is missing and variants holds none of {', '.join(LEGACY_VARIANTS)}"
+        )
         return [Problem(f"{where}: variant_order", what, REGENERATE)]
     problems: list[Problem] = []
     for v in names:
         if v not in report["variants"]:
-            problems.append(Problem(f"{where}: variant_order", f"names variant {v!r}, which is not in variants",
-                                    REGENERATE))
+            problems.append(
+                Problem(f"{where}: variant_order", f"names variant {v!r}, which is not in variants", REGENERATE)
+            )
         elif not isinstance(_dig(report, "variants", v, "metrics", "overall"), dict):
             problems.append(Problem(f"{where}: variants.{v}.metrics.overall", "is missing", REGENERATE))
     return problems
@@ -322,8 +370,19 @@ def metric_table(report: dict[str, Any]) -> pd.DataFrame:
         for scope, block in scopes:
             for metric, r in rates_of(block).items():
                 ci = r.get("ci95") if isinstance(r.get("ci95"), (list, tuple)) and len(r["ci95"]) == 2 else [None, None]
-                rows.append({"variant": v, "scope": scope, "metric": metric, "value": r.get("value"), "lo": ci[0],
-                             "hi": ci[1], "n": r.get("n"), "passed": r.get("passed"), "unscored": r.get("unscored")})
+                rows.append(
+                    {
+                        "variant": v,
+                        "scope": scope,
+                        "metric": metric,
+                        "value": r.get("value"),
+                        "lo": ci[0],
+                        "hi": ci[1],
+                        "n": r.get("n"),
+                        "passed": r.get("passed"),
+                        "unscored": r.get("unscored"),
+                    }
+                )
     return pd.DataFrame(rows, columns=["variant", "scope", "metric", "value", "lo", "hi", "n", "passed", "unscored"])
 
 
@@ -334,14 +393,26 @@ def interval_chart(df: pd.DataFrame, category: str, title: str, order: list[str]
     enc = {
         "y": alt.Y(f"{category}:N", title=None, sort=None, axis=alt.Axis(labelLimit=260)),
         "yOffset": alt.YOffset("variant:N", sort=domain),
-        "color": alt.Color("variant:N", scale=alt.Scale(domain=domain, range=palette(domain)),
-                           legend=alt.Legend(orient="top", title=None)),
+        "color": alt.Color(
+            "variant:N",
+            scale=alt.Scale(domain=domain, range=palette(domain)),
+            legend=alt.Legend(orient="top", title=None),
+        ),
     }
     x = alt.X("value:Q", title="value with 95% interval", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
-    tooltip = [alt.Tooltip(f"{category}:N"), alt.Tooltip("variant:N"), alt.Tooltip("value:Q", format=".1%"),
-               alt.Tooltip("lo:Q", format=".1%"), alt.Tooltip("hi:Q", format=".1%"), alt.Tooltip("n:Q")]
-    rules = alt.Chart(data).mark_rule(strokeWidth=2).encode(x=alt.X("lo:Q", scale=alt.Scale(domain=[0, 1])), x2="hi:Q",
-                                                            **enc)
+    tooltip = [
+        alt.Tooltip(f"{category}:N"),
+        alt.Tooltip("variant:N"),
+        alt.Tooltip("value:Q", format=".1%"),
+        alt.Tooltip("lo:Q", format=".1%"),
+        alt.Tooltip("hi:Q", format=".1%"),
+        alt.Tooltip("n:Q"),
+    ]
+    rules = (
+        alt.Chart(data)
+        .mark_rule(strokeWidth=2)
+        .encode(x=alt.X("lo:Q", scale=alt.Scale(domain=[0, 1])), x2="hi:Q", **enc)
+    )
     points = alt.Chart(data).mark_point(filled=True, size=70).encode(x=x, tooltip=tooltip, **enc)
     return alt.layer(rules, points).properties(title=title, height=alt.Step(14))  # per variant: yOffset bands
 
@@ -358,8 +429,11 @@ def scores_of(row: dict[str, Any], variant: str) -> list[dict[str, Any]]:
     scores = _dig(row, "variants", variant, "scores")
     if not isinstance(scores, list):
         return []
-    return [s for s in scores
-            if isinstance(s, dict) and isinstance(s.get("scorer"), str) and s.get("passed") in (True, False, None)]
+    return [
+        s
+        for s in scores
+        if isinstance(s, dict) and isinstance(s.get("scorer"), str) and s.get("passed") in (True, False, None)
+    ]
 
 
 def passed_on(row: dict[str, Any], variant: str, scorer: str) -> bool | None:
@@ -369,7 +443,7 @@ def passed_on(row: dict[str, Any], variant: str, scorer: str) -> bool | None:
 def is_regression(row: dict[str, Any], scorer: str, order: list[str]) -> bool:
     """Passed on a variant earlier in the run's order and failed on a later one (unscored steps are skipped)."""
     seq = [passed_on(row, v, scorer) for v in order]
-    return any(seq[i] is True and any(later is False for later in seq[i + 1:]) for i in range(len(seq) - 1))
+    return any(seq[i] is True and any(later is False for later in seq[i + 1 :]) for i in range(len(seq) - 1))
 
 
 def failed_scorers(row: dict[str, Any], order: list[str]) -> set[str]:
@@ -420,8 +494,11 @@ def _sources(var: dict[str, Any]) -> tuple[str, str]:
     """(role and short sha256 of each file the variant was built from, their paths); older reports: the hashes."""
     sources = var.get("sources")
     if not isinstance(sources, list):
-        hashes = [f"{k.removesuffix('_sha256')} {short_sha(var[k])}"
-                  for k in ("weights_sha256", "adapter_sha256") if var.get(k)]
+        hashes = [
+            f"{k.removesuffix('_sha256')} {short_sha(var[k])}"
+            for k in ("weights_sha256", "adapter_sha256")
+            if var.get(k)
+        ]
         return " · ".join(hashes) or "n/a", str(var.get("path") or "")
     files = [s if isinstance(s, dict) else {"path": str(s)} for s in sources]
     shas = [f"{s.get('role') or Path(str(s.get('path', '?'))).name} {short_sha(s.get('sha256'))}" for s in files]
@@ -440,14 +517,22 @@ def variant_table(report: dict[str, Any]) -> pd.DataFrame:
         var = var if isinstance(var, dict) else {}
         shas, paths = _sources(var)
         tok = var.get("tokenizer") if isinstance(var.get("tokenizer"), dict) else {}
-        tok_text = " · ".join(f"{k.removesuffix('_sha256')} {short_sha(x) if k.endswith('sha256') else x}"
-                              for k, x in tok.items())
+        tok_text = " · ".join(
+            f"{k.removesuffix('_sha256')} {short_sha(x) if k.endswith('sha256') else x}" for k, x in tok.items()
+        )
         kind = var.get("kind", v if v in LEGACY_VARIANTS else None)
         derived_from = var.get("derived_from", derived.get(v))
-        rows.append({"variant": v, "kind": None if kind is None else str(kind),
-                     "derived from": None if derived_from is None else str(derived_from),
-                     "prompt format": prompt_format_text(var.get("prompt_format")), "sources (sha256)": shas,
-                     "tokenizer": tok_text or "n/a", "paths": paths})
+        rows.append(
+            {
+                "variant": v,
+                "kind": None if kind is None else str(kind),
+                "derived from": None if derived_from is None else str(derived_from),
+                "prompt format": prompt_format_text(var.get("prompt_format")),
+                "sources (sha256)": shas,
+                "tokenizer": tok_text or "n/a",
+                "paths": paths,
+            }
+        )
     return pd.DataFrame(rows, columns=list(VARIANT_COLUMNS))
 
 
@@ -467,8 +552,10 @@ def section(name: str, path: Path) -> Iterator[None]:
     try:
         yield
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, SectionError, StreamlitAPIException) as exc:
-        st.error(f"{md(path)}: the {code(name)} section does not have the expected shape "
-                 f"({md(type(exc).__name__)}: {md(exc)}). Fix: {REGENERATE}.")
+        st.error(
+            f"{md(path)}: the {code(name)} section does not have the expected shape "
+            f"({md(type(exc).__name__)}: {md(exc)}). Fix: {REGENERATE}."
+        )
 
 
 def _need(obj: Any, kind: type, what: str) -> Any:
@@ -490,9 +577,11 @@ def render_gates(report: dict[str, Any], path: Path) -> None:
         checks = _need(gates.get("checks", []), list, "gates.checks")
         counts = Counter(str(c.get("verdict")) for c in checks)
         st.markdown(f"### Gates {badge(gates['verdict'])}")
-        st.caption(f"policy {md(gates.get('policy', 'n/a'))} · "
-                   f"sha256 {md(str(gates.get('policy_sha256', ''))[:12])} · "
-                   + " · ".join(f"{n} {md(k)}" for k, n in counts.most_common()))
+        st.caption(
+            f"policy {md(gates.get('policy', 'n/a'))} · "
+            f"sha256 {md(str(gates.get('policy_sha256', ''))[:12])} · "
+            + " · ".join(f"{n} {md(k)}" for k, n in counts.most_common())
+        )
         for note in gates.get("notes") or []:
             st.caption(md(note))
         order = {"fail": 0, "inconclusive": 1, "pass": 2, "not_applicable": 3}  # an unknown verdict sorts first
@@ -501,8 +590,10 @@ def render_gates(report: dict[str, Any], path: Path) -> None:
             against = f" vs {md(c['baseline'])}" if c.get("baseline") else ""
             who = f"{md(c['variant'])}{against}" if c.get("variant") else against.strip()
             metric = f"{md(c['metric'])} " if c.get("metric") else ""
-            facts = [" · ".join(x for x in (md(c.get("kind", "")), who) if x)
-                     + f" · {metric}{pct(c.get('value'))} {md(interval(c.get('ci95')))} · n {c.get('n', 'n/a')}"]
+            facts = [
+                " · ".join(x for x in (md(c.get("kind", "")), who) if x)
+                + f" · {metric}{pct(c.get('value'))} {md(interval(c.get('ci95')))} · n {c.get('n', 'n/a')}"
+            ]
             if isinstance(c.get("delta"), (int, float)):
                 facts.append(f"Δ {100 * c['delta']:+.1f} pp {md(interval(c.get('delta_ci95'), points=True))}")
             if isinstance(c.get("p_value"), (int, float)):
@@ -511,8 +602,9 @@ def render_gates(report: dict[str, Any], path: Path) -> None:
                 facts.append(f"threshold {pct(c['threshold'])}")
             if isinstance(c.get("margin"), (int, float)):
                 facts.append(f"margin {100 * c['margin']:.1f} pp")
-            st.markdown(f"{badge(c.get('verdict'))} **{md(c.get('id', '?'))}** {md(c.get('title', ''))}  \n"
-                        + " · ".join(facts))
+            st.markdown(
+                f"{badge(c.get('verdict'))} **{md(c.get('id', '?'))}** {md(c.get('title', ''))}  \n" + " · ".join(facts)
+            )
             if c.get("explanation"):
                 st.caption(md(c["explanation"]))
             worst = c.get("worst_cases") or []
@@ -532,18 +624,25 @@ def render_hygiene(report: dict[str, Any], path: Path) -> None:
         st.caption(f"{md(h.get('file', 'n/a'))} · {h.get('examples', 'n/a')} examples")
         dups, leak = h.get("duplicates") or {}, h.get("leakage") or {}
         cols = st.columns(6)
-        figures = (("problems", len(h.get("problems") or [])), ("PII hits", len(h.get("pii") or [])),
-                   ("exact duplicates", len(dups.get("exact") or [])), ("near duplicates", len(dups.get("near") or [])),
-                   ("leaked cases (exact)", len(leak.get("exact") or [])),
-                   ("leaked cases (near)", len(leak.get("near") or [])))
+        figures = (
+            ("problems", len(h.get("problems") or [])),
+            ("PII hits", len(h.get("pii") or [])),
+            ("exact duplicates", len(dups.get("exact") or [])),
+            ("near duplicates", len(dups.get("near") or [])),
+            ("leaked cases (exact)", len(leak.get("exact") or [])),
+            ("leaked cases (near)", len(leak.get("near") or [])),
+        )
         for col, (label, value) in zip(cols, figures):
             col.metric(label, value)
         lengths = h.get("token_lengths")
         if isinstance(lengths, dict):
             st.caption("token lengths: " + " · ".join(f"{md(k)} {v}" for k, v in lengths.items()))
-        for title, rows in (("Problems", h.get("problems")), ("PII in the training data (masked)", h.get("pii")),
-                            ("Golden cases leaked into training (exact)", leak.get("exact")),
-                            ("Golden cases leaked into training (near)", leak.get("near"))):
+        for title, rows in (
+            ("Problems", h.get("problems")),
+            ("PII in the training data (masked)", h.get("pii")),
+            ("Golden cases leaked into training (exact)", leak.get("exact")),
+            ("Golden cases leaked into training (near)", leak.get("near")),
+        ):
             if rows:
                 st.markdown(f"**{title}**")
                 st.dataframe(pd.DataFrame(rows), hide_index=True)
@@ -571,9 +670,15 @@ def render_training(report: dict[str, Any], path: Path) -> None:
         if curve.empty:
             st.caption(f"loss curve: {ABSENT}")
         else:
-            chart = alt.Chart(curve).mark_line(point=True).encode(x=alt.X("step:Q"),
-                                                                 y=alt.Y("loss:Q", scale=alt.Scale(zero=False)),
-                                                                 tooltip=["step", alt.Tooltip("loss:Q", format=".4f")])
+            chart = (
+                alt.Chart(curve)
+                .mark_line(point=True)
+                .encode(
+                    x=alt.X("step:Q"),
+                    y=alt.Y("loss:Q", scale=alt.Scale(zero=False)),
+                    tooltip=["step", alt.Tooltip("loss:Q", format=".4f")],
+                )
+            )
             st.altair_chart(chart.properties(title="training loss", height=260), width="stretch")
 
 
@@ -615,18 +720,26 @@ def render_variants(report: dict[str, Any], path: Path) -> None:
         else:
             st.altair_chart(interval_chart(per_slice, "scope", f"{metric} per slice", order), width="stretch")
         with st.expander("all numbers"):
-            wide = table.assign(cell=[f"{pct(v)} {interval([lo, hi])} n={n}"
-                                      for v, lo, hi, n in zip(table["value"], table["lo"], table["hi"], table["n"])])
-            cells = wide.pivot_table(index=["scope", "metric"], columns="variant", values="cell", aggfunc="first",
-                                     sort=False)
+            wide = table.assign(
+                cell=[
+                    f"{pct(v)} {interval([lo, hi])} n={n}"
+                    for v, lo, hi, n in zip(table["value"], table["lo"], table["hi"], table["n"])
+                ]
+            )
+            cells = wide.pivot_table(
+                index=["scope", "metric"], columns="variant", values="cell", aggfunc="first", sort=False
+            )
             st.dataframe(cells[[v for v in order if v in cells.columns]])
     with section("headline", path):
         headline = report.get("headline")
         if isinstance(headline, dict) and headline:
             st.markdown("**Headline** (%)")
             names = [v for v in order if v in headline] + [v for v in headline if v not in order]
-            st.dataframe(pd.DataFrame({v: _need(headline[v], dict, f"headline.{v}") for v in names})
-                         .map(lambda x: None if x is None else round(100 * x, 1)))
+            st.dataframe(
+                pd.DataFrame({v: _need(headline[v], dict, f"headline.{v}") for v in names}).map(
+                    lambda x: None if x is None else round(100 * x, 1)
+                )
+            )
     with section("comparisons", path):
         comparisons = report.get("comparisons")
         if isinstance(comparisons, dict) and comparisons:
@@ -646,8 +759,16 @@ def render_retention(report: dict[str, Any], path: Path) -> None:
         for v, tasks in _need(_need(retention, dict, "retention").get("variants"), dict, "retention.variants").items():
             for task, r in _need(tasks, dict, f"retention.variants.{v}").items():
                 ci = r.get("ci95") or [None, None]
-                rows.append({"variant": v, "task": f"{task} ({r.get('metric', '')})", "value": r.get("value"),
-                             "lo": ci[0], "hi": ci[1], "n": r.get("n")})
+                rows.append(
+                    {
+                        "variant": v,
+                        "task": f"{task} ({r.get('metric', '')})",
+                        "value": r.get("value"),
+                        "lo": ci[0],
+                        "hi": ci[1],
+                        "n": r.get("n"),
+                    }
+                )
         df = pd.DataFrame(rows, columns=["variant", "task", "value", "lo", "hi", "n"])
         if df.empty:
             st.caption("no retention tasks were run")
@@ -673,31 +794,49 @@ def _render_cases(report: dict[str, Any], path: Path) -> None:
     order = variant_order(report)
     for v, ids in rows_lacking(rows, order).items():
         more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
-        st.error(f"{md(path.parent / 'cases.jsonl')}: variant {code(v)}, named in report.json's variant order, "
-                 f"is missing from {len(ids)} of {len(rows)} case rows ({', '.join(md(i) for i in ids[:5])}{more}); "
-                 f"they show it as unscored. Fix: {REGENERATE}.")
+        st.error(
+            f"{md(path.parent / 'cases.jsonl')}: variant {code(v)}, named in report.json's variant order, "
+            f"is missing from {len(ids)} of {len(rows)} case rows ({', '.join(md(i) for i in ids[:5])}{more}); "
+            f"they show it as unscored. Fix: {REGENERATE}."
+        )
     scorers = sorted({s["scorer"] for r in rows for v in order for s in scores_of(r, v)})
     slices = sorted({s for r in rows for s in case_slices(r)})
     c1, c2, c3, c4 = st.columns([1.2, 1, 1.3, 1.3])
-    scorer = c1.selectbox("Scorer", scorers or ["format_strict"],
-                          index=scorers.index("format_strict") if "format_strict" in scorers else 0, key="case_scorer")
-    regressions_only = c2.checkbox("Regressions only", key="case_regressions",
-                                   help=f"passed on a variant and failed on a later one in the order "
-                                        f"{' → '.join(order)}, for the chosen scorer")
+    scorer = c1.selectbox(
+        "Scorer",
+        scorers or ["format_strict"],
+        index=scorers.index("format_strict") if "format_strict" in scorers else 0,
+        key="case_scorer",
+    )
+    regressions_only = c2.checkbox(
+        "Regressions only",
+        key="case_regressions",
+        help=f"passed on a variant and failed on a later one in the order {' → '.join(order)}, for the chosen scorer",
+    )
     chosen_slices = c3.multiselect("Slice / tag", slices, key="case_slices")
     chosen_failed = c4.multiselect("Failed scorer (any variant)", scorers, key="case_failed")
-    shown = [r for r in rows
-             if (not regressions_only or is_regression(r, scorer, order))
-             and (not chosen_slices or set(chosen_slices) & set(case_slices(r)))
-             and (not chosen_failed or set(chosen_failed) & failed_scorers(r, order))]
+    shown = [
+        r
+        for r in rows
+        if (not regressions_only or is_regression(r, scorer, order))
+        and (not chosen_slices or set(chosen_slices) & set(case_slices(r)))
+        and (not chosen_failed or set(chosen_failed) & failed_scorers(r, order))
+    ]
     mark = {True: "✓", False: "✗", None: "–"}
-    table = pd.DataFrame([
-        {"id": r["id"], "slices": ", ".join(case_slices(r)), **{v: mark[passed_on(r, v, scorer)] for v in order},
-         "regression": is_regression(r, scorer, order), "failed scorers": ", ".join(sorted(failed_scorers(r, order)))}
-        for r in shown
-    ], columns=["id", "slices", *order, "regression", "failed scorers"])
-    st.caption(f"{len(shown)} of {len(rows)} cases · ✓/✗ = {md(scorer)} passed/failed on that variant, "
-               "– = unscored")
+    table = pd.DataFrame(
+        [
+            {
+                "id": r["id"],
+                "slices": ", ".join(case_slices(r)),
+                **{v: mark[passed_on(r, v, scorer)] for v in order},
+                "regression": is_regression(r, scorer, order),
+                "failed scorers": ", ".join(sorted(failed_scorers(r, order))),
+            }
+            for r in shown
+        ],
+        columns=["id", "slices", *order, "regression", "failed scorers"],
+    )
+    st.caption(f"{len(shown)} of {len(rows)} cases · ✓/✗ = {md(scorer)} passed/failed on that variant, – = unscored")
     st.dataframe(table, hide_index=True, key="case_table")
     if not shown:
         st.info("No case matches these filters.")
@@ -712,21 +851,32 @@ def compared_variants(order: list[str]) -> tuple[str, list[str]]:
     Up to SIDE_BY_SIDE variants are all shown; with more, the reader picks two or three of them.
     """
     c1, c2 = st.columns([1, 3])
-    reference = c1.selectbox("Diff against", order, index=0, key="case_reference",
-                             help="each other output is shown as its changes from this one")
+    reference = c1.selectbox(
+        "Diff against",
+        order,
+        index=0,
+        key="case_reference",
+        help="each other output is shown as its changes from this one",
+    )
     if len(order) <= SIDE_BY_SIDE:
         return reference, list(order)
-    picked = c2.multiselect("Compare", order, default=order[:SIDE_BY_SIDE], max_selections=SIDE_BY_SIDE,
-                            key="case_compare",
-                            help=f"two or three of the {len(order)} variants, side by side")
+    picked = c2.multiselect(
+        "Compare",
+        order,
+        default=order[:SIDE_BY_SIDE],
+        max_selections=SIDE_BY_SIDE,
+        key="case_compare",
+        help=f"two or three of the {len(order)} variants, side by side",
+    )
     return reference, [v for v in order if v in picked]
 
 
 def render_case(row: dict[str, Any], path: Path, order: list[str], relations: dict[str, Any]) -> None:
     with section(f"cases.jsonl case {row.get('id')}", path.parent / "cases.jsonl"):
         messages = row.get("messages") or []
-        prompt = next((m.get("content", "") for m in reversed(messages)
-                       if isinstance(m, dict) and m.get("role") == "user"), "")
+        prompt = next(
+            (m.get("content", "") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), ""
+        )
         st.markdown(f"#### {md(row['id'])}")
         if prompt:
             st.html(f"<div><strong>Prompt</strong></div>{plain_html(str(prompt))}")
@@ -750,10 +900,12 @@ def render_case(row: dict[str, Any], path: Path, order: list[str], relations: di
                 st.markdown(f"**{md(v)}** · " + ("reference" if v == reference else f"changes vs {md(reference)}"))
                 st.html(plain_html(outputs[v]) if v == reference else diff_html(outputs[reference], outputs[v]))
                 ext = var.get("extraction") if isinstance(var.get("extraction"), dict) else {}
-                st.caption(f"stop {md(var.get('stop_reason', 'n/a'))} · {var.get('new_tokens', 'n/a')} new tokens · "
-                           f"JSON {'found' if ext.get('found') else 'not found'}"
-                           f"{' (strict)' if ext.get('strict') else ''}"
-                           + (f" · {md(ext.get('problem'))}" if ext.get("problem") else ""))
+                st.caption(
+                    f"stop {md(var.get('stop_reason', 'n/a'))} · {var.get('new_tokens', 'n/a')} new tokens · "
+                    f"JSON {'found' if ext.get('found') else 'not found'}"
+                    f"{' (strict)' if ext.get('strict') else ''}"
+                    + (f" · {md(ext.get('problem'))}" if ext.get("problem") else "")
+                )
                 for s in scores_of(row, v):
                     mark = {True: ":green[✓]", False: ":red[✗]"}.get(s.get("passed"), ":gray[–]")
                     st.markdown(f"{mark} **{md(s.get('scorer'))}** {md(s.get('explanation', ''))}")
@@ -813,12 +965,21 @@ def _render_flips(flips: dict[str, Any]) -> None:
     pair = st.selectbox("Comparison", list(per_pair), key="flip_pair")
     per_scorer = per_pair[pair]
     before, after = pair.split("->", 1) if "->" in pair else ("before", "after")
-    counts = pd.DataFrame([{"scorer": s, "fixed": len(g.get("fixed") or []), "broken": len(g.get("broken") or []),
-                            "still passing": len(g.get("still_passing") or []),
-                            "still failing": len(g.get("still_failing") or [])}
-                           for s, g in per_scorer.items()])
-    st.caption(f"fixed = failed on {md(before)}, passes on {md(after)}; "
-               f"broken = passed on {md(before)}, fails on {md(after)}")
+    counts = pd.DataFrame(
+        [
+            {
+                "scorer": s,
+                "fixed": len(g.get("fixed") or []),
+                "broken": len(g.get("broken") or []),
+                "still passing": len(g.get("still_passing") or []),
+                "still failing": len(g.get("still_failing") or []),
+            }
+            for s, g in per_scorer.items()
+        ]
+    )
+    st.caption(
+        f"fixed = failed on {md(before)}, passes on {md(after)}; broken = passed on {md(before)}, fails on {md(after)}"
+    )
     st.dataframe(counts, hide_index=True, key="flip_table")
     broken = {s: g.get("broken") for s, g in per_scorer.items() if g.get("broken")}
     for s, ids in broken.items():
@@ -879,8 +1040,9 @@ def render_signoff(report: dict[str, Any], path: Path, root: Path, run_id: str) 
     verdict = _dig(report, "gates", "verdict")
     verdict = verdict if isinstance(verdict, str) else None
     sha = _sha256(*_stat_key(path))
-    st.markdown(f"Signing {code(run_id)} · report sha256 {code(sha[:12])} · "
-                f"gates {badge(verdict) if verdict else md(ABSENT)}")
+    st.markdown(
+        f"Signing {code(run_id)} · report sha256 {code(sha[:12])} · gates {badge(verdict) if verdict else md(ABSENT)}"
+    )
     if verdict in {"fail", "inconclusive"}:
         st.warning(f"The gates say {str(verdict).upper()}: an approval overrides them, so say why in the note.")
     with st.form("signoff", clear_on_submit=True):
@@ -906,12 +1068,25 @@ def render_signoff(report: dict[str, Any], path: Path, root: Path, run_id: str) 
     if not history:
         st.caption("No sign-off for this run yet.")
         return
-    st.dataframe(pd.DataFrame([
-        {"seq": e.get("seq"), "at": e.get("at"), "by": e.get("by"), "decision": e.get("decision"),
-         "gates": e.get("verdict"), "note": e.get("note"), "report": str(e.get("report_sha256"))[:12],
-         "covers this report": e.get("report_sha256") == sha}
-        for e in history
-    ]), hide_index=True, key="ledger_table")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "seq": e.get("seq"),
+                    "at": e.get("at"),
+                    "by": e.get("by"),
+                    "decision": e.get("decision"),
+                    "gates": e.get("verdict"),
+                    "note": e.get("note"),
+                    "report": str(e.get("report_sha256"))[:12],
+                    "covers this report": e.get("report_sha256") == sha,
+                }
+                for e in history
+            ]
+        ),
+        hide_index=True,
+        key="ledger_table",
+    )
 
 
 def main() -> None:
@@ -920,22 +1095,32 @@ def main() -> None:
     st.sidebar.title("Runs")
     st.sidebar.caption(f"reports folder {md(root)} (set {REPORTS_ENV} to change)")
     if not root.is_dir():
-        st.error(f"{md(root)}: no such reports folder. Fix: run `make run` to create a run, "
-                 f"or set {REPORTS_ENV} to the folder that holds your run folders.")
+        st.error(
+            f"{md(root)}: no such reports folder. Fix: run `make run` to create a run, "
+            f"or set {REPORTS_ENV} to the folder that holds your run folders."
+        )
         st.stop()
     runs = list_runs(root)
     if not runs:
         st.info(f"No runs in {md(root)} yet: run `make run` (or `harness pipeline …`) to create one.")
         st.stop()
     ids = [r.run_id for r in runs]
-    labels = {r.run_id: f"{r.run_id} · "
-              + (r.verdict.upper() if r.verdict else "unreadable" if not r.readable else "no gates") for r in runs}
+    labels = {
+        r.run_id: f"{r.run_id} · "
+        + (r.verdict.upper() if r.verdict else "unreadable" if not r.readable else "no gates")
+        for r in runs
+    }
     requested = st.query_params.get("run")
     refused = requested is not None and requested not in ids
     if refused:
         del st.query_params["run"]
-    run_id = st.sidebar.selectbox("Run (newest first)", ids, index=ids.index(requested) if requested in ids else 0,
-                                  format_func=labels.__getitem__, key="run")
+    run_id = st.sidebar.selectbox(
+        "Run (newest first)",
+        ids,
+        index=ids.index(requested) if requested in ids else 0,
+        format_func=labels.__getitem__,
+        key="run",
+    )
     if refused:
         st.error(f"Refused to open the requested run: {md(refusal(root, str(requested)))}")
         st.stop()
@@ -946,17 +1131,21 @@ def main() -> None:
         st.error(f"Cannot show run {md(run_id)}:  \n" + "  \n".join(f"- {md(p)}" for p in exc.problems))
         st.stop()
     if report["run_id"] != run_id:
-        st.warning(f"{md(path)}: run_id is {md(report['run_id'])} but the folder is {md(run_id)}; "
-                   "sign-offs use the folder name.")
+        st.warning(
+            f"{md(path)}: run_id is {md(report['run_id'])} but the folder is {md(run_id)}; "
+            "sign-offs use the folder name."
+        )
     suite, model = report["suite"], report.get("model") or {}
     st.title(run_id)
     order = variant_order(report)
     adapter = _dig(report, "adapter", "sha256")
-    st.caption(f"{md(report['created_at'])} · {md(report['kind'])} run · "
-               f"suite {md(suite.get('name'))} v{md(suite.get('version'))}, "
-               f"{suite.get('n_cases')} cases · base {md(model.get('spec', 'n/a'))}"
-               + (f" · adapter {md(str(adapter)[:12])}" if adapter else "")
-               + f" · {len(order)} variants: {', '.join(md(v) for v in order)}")
+    st.caption(
+        f"{md(report['created_at'])} · {md(report['kind'])} run · "
+        f"suite {md(suite.get('name'))} v{md(suite.get('version'))}, "
+        f"{suite.get('n_cases')} cases · base {md(model.get('spec', 'n/a'))}"
+        + (f" · adapter {md(str(adapter)[:12])}" if adapter else "")
+        + f" · {len(order)} variants: {', '.join(md(v) for v in order)}"
+    )
     tabs = st.tabs(["Overview", "Variants", "Cases", "Flips · parity · safety", "Sign-off"])
     with tabs[0]:
         render_overview(report, path)

@@ -23,7 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(work: Path, env: dict[str, str], run_id: str) -> float:
-    cmd = [sys.executable, "-m", "harness", "pipeline", "trainers/configs/demo.yaml", "--reports-dir", str(work / "reports"), "--run-id", run_id, "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "pipeline",
+        "trainers/configs/demo.yaml",
+        "--reports-dir",
+        str(work / "reports"),
+        "--run-id",
+        run_id,
+        "--no-progress",
+    ]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started

@@ -35,7 +35,9 @@ def reference_loop(model, tokenizer, chats, max_new_tokens: int) -> list[list[in
     for chat in chats:
         enc = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
         outs.append(out[0, enc["input_ids"].shape[1] :].tolist())
     return outs
 
@@ -44,7 +46,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="golden/support_vi")
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--batch-size", type=int, default=EvalOptions().batch_size, help="decode batch (default: what `harness eval` uses)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=EvalOptions().batch_size,
+        help="decode batch (default: what `harness eval` uses)",
+    )
     ap.add_argument("--precision", default="float32", choices=["float32", "bf16-autocast"])
     ap.add_argument("--reference-cases", type=int, default=16, help="reference sample size (0 = every case)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -60,7 +67,9 @@ def main() -> int:
     settings = suite.generation
 
     t0 = time.perf_counter()
-    ours = generate(model, tokenizer, chats, settings, batch_size=args.batch_size, precision=args.precision, progress=False)
+    ours = generate(
+        model, tokenizer, chats, settings, batch_size=args.batch_size, precision=args.precision, progress=False
+    )
     engine_s = time.perf_counter() - t0
     engine_rate = n / engine_s
 
@@ -86,17 +95,35 @@ def main() -> int:
     figures = {
         "suite": suite.name,
         "cases": n,
-        "engine": {"seconds": round(engine_s, 2), "cases_per_s": round(engine_rate, 4), "batch_size": args.batch_size, "precision": args.precision,
-                   "stop_reasons": {r: sum(1 for g in ours if g.stop_reason == r) for r in ("eos", "json_end", "max_new_tokens")}},
+        "engine": {
+            "seconds": round(engine_s, 2),
+            "cases_per_s": round(engine_rate, 4),
+            "batch_size": args.batch_size,
+            "precision": args.precision,
+            "stop_reasons": {
+                r: sum(1 for g in ours if g.stop_reason == r) for r in ("eos", "json_end", "max_new_tokens")
+            },
+        },
         "reference": {"seconds": round(reference_s, 2), "cases": len(sample), "cases_per_s": round(reference_rate, 4)},
         "ratio": round(engine_rate / reference_rate, 2),
-        "outputs": {"compared": len(sample), "engine_output_is_prefix_of_reference": prefix_agree, "both_stopped_at_eos": both_stop, "identical_where_both_stop": identical_both_stop},
+        "outputs": {
+            "compared": len(sample),
+            "engine_output_is_prefix_of_reference": prefix_agree,
+            "both_stopped_at_eos": both_stop,
+            "identical_where_both_stop": identical_both_stop,
+        },
         "torch_threads": torch.get_num_threads(),
     }
-    print(f"engine:    {engine_rate:.3f} cases/s ({n} cases in {engine_s:.1f} s, batch {args.batch_size}, {args.precision})")
-    print(f"reference: {reference_rate:.4f} cases/s ({len(sample)} cases in {reference_s:.1f} s, one at a time, max_new_tokens=160)")
+    print(
+        f"engine:    {engine_rate:.3f} cases/s ({n} cases in {engine_s:.1f} s, batch {args.batch_size}, {args.precision})"
+    )
+    print(
+        f"reference: {reference_rate:.4f} cases/s ({len(sample)} cases in {reference_s:.1f} s, one at a time, max_new_tokens=160)"
+    )
     print(f"ratio:     {figures['ratio']:.1f}x  (target >= 20x)")
-    print(f"outputs:   engine output equals the reference's first tokens on {prefix_agree}/{len(sample)}; identical on {identical_both_stop}/{both_stop} cases where both stopped at EOS")
+    print(
+        f"outputs:   engine output equals the reference's first tokens on {prefix_agree}/{len(sample)}; identical on {identical_both_stop}/{both_stop} cases where both stopped at EOS"
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return 0

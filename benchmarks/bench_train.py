@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.training.config import load_train_config  # noqa: E402  (harness first: it sets torch's allocator flag
-
 import torch  # noqa: E402
+
+from harness.training.config import load_train_config  # noqa: E402  (harness first: it sets torch's allocator flag
 
 
 def reference(model_spec: str, examples: int) -> float:
@@ -40,10 +40,10 @@ def reference(model_spec: str, examples: int) -> float:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from harness.training.data import load_examples
     from harness.engine.loading import load_tokenizer
     from harness.models.embedded import resolve
     from harness.suite.suite import load_suite
+    from harness.training.data import load_examples
 
     ref = resolve(model_spec)
     cfg = load_train_config(ROOT / "trainers/configs/demo.yaml")
@@ -52,10 +52,31 @@ def reference(model_spec: str, examples: int) -> float:
     tok = load_tokenizer(ref)
     model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(output_dir=tmp, use_cpu=True, per_device_train_batch_size=1, gradient_accumulation_steps=8, learning_rate=2e-4,
-                         max_steps=examples // 8, report_to="none", save_strategy="no", include_num_input_tokens_seen="non_padding", disable_tqdm=True)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                             peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"))
+        args = SFTConfig(
+            output_dir=tmp,
+            use_cpu=True,
+            per_device_train_batch_size=1,
+            gradient_accumulation_steps=8,
+            learning_rate=2e-4,
+            max_steps=examples // 8,
+            report_to="none",
+            save_strategy="no",
+            include_num_input_tokens_seen="non_padding",
+            disable_tqdm=True,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=ds,
+            processing_class=tok,
+            peft_config=LoraConfig(
+                r=16,
+                lora_alpha=32,
+                lora_dropout=0.05,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                task_type="CAUSAL_LM",
+            ),
+        )
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -77,13 +98,22 @@ def ours(model_spec: str, steps: int) -> tuple[float, dict[str, object]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--steps", type=int, default=6, help="optimizer steps of the demo recipe (batch 8); the reference trains as many examples")
-    ap.add_argument("--rounds", type=int, default=2, help="alternate the two sides this many times; each side's best round counts")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=6,
+        help="optimizer steps of the demo recipe (batch 8); the reference trains as many examples",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="alternate the two sides this many times; each side's best round counts"
+    )
     ap.add_argument("--side", choices=("ours", "reference"), help=argparse.SUPPRESS)  # one side, in a child process
     args = ap.parse_args()
     batch = load_train_config(ROOT / "trainers/configs/demo.yaml").training.batch_size
     if args.side:
-        tps, ran = ours(args.model, args.steps) if args.side == "ours" else (reference(args.model, args.steps * batch), {})
+        tps, ran = (
+            ours(args.model, args.steps) if args.side == "ours" else (reference(args.model, args.steps * batch), {})
+        )
         print(json.dumps({"tokens_per_s": tps, "ran": ran}))
         return 0
     results: dict[str, list[float]] = {"ours": [], "reference": []}
@@ -93,14 +123,27 @@ def main() -> int:
             tps, what = _child(side, args.model, args.steps)
             results[side].append(tps)
             ran = what or ran
-        print(f"round {r + 1}: harness recipe {results['ours'][-1]:.1f} tokens/s, reference {results['reference'][-1]:.1f} tokens/s, "
-              f"ratio {results['ours'][-1] / results['reference'][-1]:.2f}x", file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}: harness recipe {results['ours'][-1]:.1f} tokens/s, reference {results['reference'][-1]:.1f} tokens/s, "
+            f"ratio {results['ours'][-1] / results['reference'][-1]:.2f}x",
+            file=sys.stderr,
+            flush=True,
+        )
     ours_tps, ref_tps = max(results["ours"]), max(results["reference"])
-    print("recipe ran:      " + ", ".join(f"{k}={ran[k]}" for k in ("weights", "autocast", "attention", "casts", "lm_head", "allocator", "huge_pages") if k in ran))
+    print(
+        "recipe ran:      "
+        + ", ".join(
+            f"{k}={ran[k]}"
+            for k in ("weights", "autocast", "attention", "casts", "lm_head", "allocator", "huge_pages")
+            if k in ran
+        )
+    )
     for r, (a, b) in enumerate(zip(results["ours"], results["reference"])):
         print(f"round {r + 1}:        {a:.1f} vs {b:.1f} tokens/s = {a / b:.2f}x")
     print(f"harness recipe: {ours_tps:.1f} tokens/s (best of {len(results['ours'])} rounds)")
-    print(f"reference:      {ref_tps:.1f} tokens/s (best of {len(results['reference'])} rounds; TRL defaults, fp32, batch 1 x 8, r16 q,k,v,o)")
+    print(
+        f"reference:      {ref_tps:.1f} tokens/s (best of {len(results['reference'])} rounds; TRL defaults, fp32, batch 1 x 8, r16 q,k,v,o)"
+    )
     print(f"ratio:          {ours_tps / ref_tps:.2f}x  (target >= 3.5x)")
     return 0
 

@@ -33,8 +33,10 @@ MAX_NEW_TOKENS = 96
 def load_prompts(cases: Path, system_prompt: str) -> list[list[dict[str, str]]]:
     """Three golden cases as chats, with the system prompt the adapter was trained with."""
     by_id = {c["id"]: c for c in map(json.loads, cases.read_text(encoding="utf-8").splitlines()) if c}
-    return [[{"role": "system", "content": system_prompt}, {"role": "user", "content": by_id[i]["prompt"]}]
-            for i in CASE_IDS]
+    return [
+        [{"role": "system", "content": system_prompt}, {"role": "user", "content": by_id[i]["prompt"]}]
+        for i in CASE_IDS
+    ]
 
 
 def labels_of(text: str) -> tuple[str | None, str | None]:
@@ -51,14 +53,20 @@ def greedy(model: Any, tokenizer: Any, chats: list[list[dict[str, str]]]) -> tup
         ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         with torch.no_grad():
             logits.append(model(**ids).logits[0, -1].float())
-            out = model.generate(**ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        texts.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+            out = model.generate(
+                **ids,
+                max_new_tokens=MAX_NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        texts.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
     return texts, logits
 
 
 def compare_tokenizers(folder_tok: Any, gguf_tok: Any, chats: list[list[dict[str, str]]]) -> dict[str, Any]:
     """What the GGUF's embedded tokenizer keeps of the folder's; prompts must encode to the same ids."""
+
     def ids(tok: Any, chat: list[dict[str, str]]) -> list[int]:
         enc = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
         return list(enc["input_ids"])
@@ -143,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         labels = sum(labels_of(t) == labels_of(r) for t, r in zip(texts, ref_texts))
         prefix = [len(os.path.commonprefix([t, r])) for t, r in zip(texts, ref_texts)]
         diff = max((a - b).abs().max().item() for a, b in zip(logits, ref_logits))
-        print(f"  {name:8s} {equal}/{len(texts)} equal, category+priority equal {labels}/{len(texts)}, "
-              f"common prefix {prefix} chars, max |logit diff| {diff:.4f}")
+        print(
+            f"  {name:8s} {equal}/{len(texts)} equal, category+priority equal {labels}/{len(texts)}, "
+            f"common prefix {prefix} chars, max |logit diff| {diff:.4f}"
+        )
     if tok_report is not None:
         print("\ntokenizer (folder, gguf):")
         for k, v in tok_report.items():

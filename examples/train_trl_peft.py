@@ -42,16 +42,29 @@ def default_model() -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Every knob a user might turn; the defaults reproduce the example's measured run."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=default_model(),
-                   help="local Hugging Face model folder (default: %(default)s)")
-    p.add_argument("--data", type=Path, default=Path("trainers/data/support_vi_train.jsonl"),
-                   help="JSONL of chat 'messages'; the last turn is the assistant's answer (default: %(default)s)")
-    p.add_argument("--system-prompt-from", type=Path, default=Path("golden/support_vi/suite.yaml"),
-                   help="YAML whose 'system_prompt' is prepended to every example, so training and evaluation "
-                        "never drift (default: %(default)s)")
+    p.add_argument(
+        "--model", type=Path, default=default_model(), help="local Hugging Face model folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path("trainers/data/support_vi_train.jsonl"),
+        help="JSONL of chat 'messages'; the last turn is the assistant's answer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--system-prompt-from",
+        type=Path,
+        default=Path("golden/support_vi/suite.yaml"),
+        help="YAML whose 'system_prompt' is prepended to every example, so training and evaluation "
+        "never drift (default: %(default)s)",
+    )
     p.add_argument("--out", type=Path, default=Path("examples/out"), help="output folder (default: %(default)s)")
-    p.add_argument("--max-steps", type=int, default=24,
-                   help="optimizer steps (default: %(default)s: about 3 min on 2 idle CPU cores)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=24,
+        help="optimizer steps (default: %(default)s: about 3 min on 2 idle CPU cores)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="examples per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, linear decay (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="seed for data order and LoRA init (default: %(default)s)")
@@ -144,8 +157,9 @@ def train(args: argparse.Namespace, records: list[dict[str, Any]], clock: StepCl
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, local_files_only=True)
     model.train()  # from_pretrained returns eval mode
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, bias="none",
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, bias="none", task_type="CAUSAL_LM"
+    )
     config = SFTConfig(
         output_dir=str(args.out / "checkpoints"),  # nothing is saved there (save_strategy "no")
         use_cpu=not torch.cuda.is_available(),
@@ -168,8 +182,14 @@ def train(args: argparse.Namespace, records: list[dict[str, Any]], clock: StepCl
         data_seed=args.seed,
         dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(records),
-                         processing_class=tokenizer, peft_config=lora, callbacks=[clock.callback()])
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[clock.callback()],
+    )
     trainer.model.train()
     return trainer, trainer.train()
 
@@ -223,10 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         "system_prompt_use": "prepended as the first (system) message of every example that has none",
         "loss": "completion only: the last (assistant) turn",
         "base_model": str(args.model),
-        "training": {"seed": args.seed, "steps": result.global_step, "batch_size": args.batch_size,
-                     "learning_rate": args.lr, "precision": "fp32",
-                     "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": LORA_TARGETS},
-                     "loss_curve": [{"step": st, "loss": lo} for st, lo in losses]},
+        "training": {
+            "seed": args.seed,
+            "steps": result.global_step,
+            "batch_size": args.batch_size,
+            "learning_rate": args.lr,
+            "precision": "fp32",
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": LORA_TARGETS},
+            "loss_curve": [{"step": st, "loss": lo} for st, lo in losses],
+        },
     }
     text = json.dumps(note, indent=2, ensure_ascii=False) + "\n"
     (args.out / "training_data.json").write_text(text, encoding="utf-8")
@@ -234,9 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     steps = sorted(clock.seconds)
     median = steps[len(steps) // 2] if steps else 0.0
     last = f"last logged loss {losses[-1][1]:.4f} (step {losses[-1][0]}), " if losses else ""
-    print(f"done: {result.global_step} steps, {last}mean train loss {result.training_loss:.4f}; "
-          f"training {train_s:.1f} s (median step {median:.1f} s), merge {merge_s:.1f} s, "
-          f"wall {time.perf_counter() - started:.1f} s; outputs in {args.out}/")
+    print(
+        f"done: {result.global_step} steps, {last}mean train loss {result.training_loss:.4f}; "
+        f"training {train_s:.1f} s (median step {median:.1f} s), merge {merge_s:.1f} s, "
+        f"wall {time.perf_counter() - started:.1f} s; outputs in {args.out}/"
+    )
     return 0
 
 

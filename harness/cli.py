@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessInputError, Problem
 from harness.engine.cache import default_path as default_cache_path
-from harness.verdict.gates import exit_code as gate_exit_code
+from harness.errors import HarnessInputError, Problem
 from harness.training.config import MERGE_DTYPES
+from harness.verdict.gates import exit_code as gate_exit_code
 
 GENERATION_BATCH = 160  # harness.runner.EvalOptions.batch_size; kept here so that --help imports no torch
 
@@ -29,7 +29,9 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="Evaluation-first regression harness for LoRA/QLoRA fine-tunes.")
+    parser = argparse.ArgumentParser(
+        prog="harness", description="Evaluation-first regression harness for LoRA/QLoRA fine-tunes."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="provision and list embedded models")
@@ -44,17 +46,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a model on a suite and write reports/<run-id>/")
     ev.add_argument("suite", help="suite folder, e.g. golden/support_vi")
-    ev.add_argument("--model", default="smollm2-135m-instruct", help="embedded model name, local folder, or hub id with --allow-hub")
+    ev.add_argument(
+        "--model", default="smollm2-135m-instruct", help="embedded model name, local folder, or hub id with --allow-hub"
+    )
     ev.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where run folders go (default: reports)")
     ev.add_argument("--run-id", default=None, help="name of the run folder (default: time, suite and model)")
-    ev.add_argument("--batch-size", type=_positive_int, default=GENERATION_BATCH, help=f"cases per generation batch (default {GENERATION_BATCH})")
-    ev.add_argument("--precision", choices=["float32", "bf16-autocast"], default="float32", help="CPU precision (float32 measured fastest here)")
+    ev.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=GENERATION_BATCH,
+        help=f"cases per generation batch (default {GENERATION_BATCH})",
+    )
+    ev.add_argument(
+        "--precision",
+        choices=["float32", "bf16-autocast"],
+        default="float32",
+        help="CPU precision (float32 measured fastest here)",
+    )
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ev.add_argument("--limit", type=_positive_int, default=None, help="only the first N cases (smoke runs)")
     ev.add_argument("--allow-hub", action="store_true", help="let --model be a Hugging Face hub id (needs network)")
-    ev.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the weights (off by default)")
+    ev.add_argument(
+        "--trust-remote-code", action="store_true", help="run model code shipped with the weights (off by default)"
+    )
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    ev.add_argument("--no-cache", action="store_true", help="generate everything again instead of reusing cached results")
+    ev.add_argument(
+        "--no-cache", action="store_true", help="generate everything again instead of reusing cached results"
+    )
     tr = sub.add_parser("train", help="train a LoRA/QLoRA candidate from a preset YAML (runs the doctor first)")
     tr.add_argument("config", help="preset, e.g. trainers/configs/demo.yaml")
     tr.add_argument("--model", default=None, help="override the preset's model (local folder or embedded name)")
@@ -68,50 +86,125 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--suite", default=None, help="override the preset's eval_suite")
     pl.add_argument("--reports-dir", type=Path, default=Path("reports"))
     pl.add_argument("--run-id", default=None)
-    pl.add_argument("--batch-size", type=_positive_int, default=GENERATION_BATCH, help=f"cases per generation batch (default {GENERATION_BATCH})")
+    pl.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=GENERATION_BATCH,
+        help=f"cases per generation batch (default {GENERATION_BATCH})",
+    )
     pl.add_argument("--max-steps", type=_positive_int, default=None)
     pl.add_argument("--device", default="auto")
-    pl.add_argument("--merge-dtype", choices=MERGE_DTYPES, default=None,
-                    help="dtype of the merged export (default: the preset's merge_dtype; auto = the base checkpoint's dtype)")
+    pl.add_argument(
+        "--merge-dtype",
+        choices=MERGE_DTYPES,
+        default=None,
+        help="dtype of the merged export (default: the preset's merge_dtype; auto = the base checkpoint's dtype)",
+    )
     pl.add_argument("--no-progress", action="store_true")
-    pl.add_argument("--no-cache", action="store_true", help="generate everything again instead of reusing cached results")
-    pl.add_argument("--sequential", action="store_true", help="decode the base in this process after the adapter, not in a second process beside it (CPU)")
-    pl.add_argument("--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the suite, if any)")
-    pl.add_argument("--strict", action="store_true", help="treat an inconclusive gate verdict as a failure (exit 1 instead of 3)")
-    pl.add_argument("--retention", nargs="?", const="golden/retention", default=None, metavar="TASKS_DIR",
-                    help="also run capability retention (lm-eval tasks, default golden/retention) on all three variants; adds minutes")
-    pl.add_argument("--retention-limit", type=_positive_int, default=None, help="only the first N items of each retention task")
+    pl.add_argument(
+        "--no-cache", action="store_true", help="generate everything again instead of reusing cached results"
+    )
+    pl.add_argument(
+        "--sequential",
+        action="store_true",
+        help="decode the base in this process after the adapter, not in a second process beside it (CPU)",
+    )
+    pl.add_argument(
+        "--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the suite, if any)"
+    )
+    pl.add_argument(
+        "--strict", action="store_true", help="treat an inconclusive gate verdict as a failure (exit 1 instead of 3)"
+    )
+    pl.add_argument(
+        "--retention",
+        nargs="?",
+        const="golden/retention",
+        default=None,
+        metavar="TASKS_DIR",
+        help="also run capability retention (lm-eval tasks, default golden/retention) on all three variants; adds minutes",
+    )
+    pl.add_argument(
+        "--retention-limit", type=_positive_int, default=None, help="only the first N items of each retention task"
+    )
 
-    cp = sub.add_parser("compare", help="evaluate any number of named variants (base, adapters, merged folders, GGUF files) side by side")
-    cp.add_argument("run_file", nargs="?", type=Path, default=None, help="run file (YAML: suite, base, variants, gates); or use the flags below")
+    cp = sub.add_parser(
+        "compare",
+        help="evaluate any number of named variants (base, adapters, merged folders, GGUF files) side by side",
+    )
+    cp.add_argument(
+        "run_file",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="run file (YAML: suite, base, variants, gates); or use the flags below",
+    )
     cp.add_argument("--suite", default=None, help="golden suite (with the flags, instead of a run file)")
-    cp.add_argument("--base", default="smollm2-135m-instruct", help="base model for the flags: embedded name or local folder")
-    cp.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="an adapter variant (repeat for more)")
-    cp.add_argument("--merged", action="append", default=[], metavar="NAME=DIR[@FROM]", help="a merged folder, optionally derived from variant FROM")
-    cp.add_argument("--gguf", action="append", default=[], metavar="NAME=FILE[@FROM]", help="a GGUF file, optionally derived from variant FROM")
-    cp.add_argument("--training-data", action="append", default=[], metavar="NAME=FILE[:FORMAT]",
-                    help="the JSONL adapter NAME was trained on (FORMAT messages, instruction or text; default messages): "
-                         "its leakage into the suite is then checked instead of unknown")
+    cp.add_argument(
+        "--base", default="smollm2-135m-instruct", help="base model for the flags: embedded name or local folder"
+    )
+    cp.add_argument(
+        "--adapter", action="append", default=[], metavar="NAME=DIR", help="an adapter variant (repeat for more)"
+    )
+    cp.add_argument(
+        "--merged",
+        action="append",
+        default=[],
+        metavar="NAME=DIR[@FROM]",
+        help="a merged folder, optionally derived from variant FROM",
+    )
+    cp.add_argument(
+        "--gguf",
+        action="append",
+        default=[],
+        metavar="NAME=FILE[@FROM]",
+        help="a GGUF file, optionally derived from variant FROM",
+    )
+    cp.add_argument(
+        "--training-data",
+        action="append",
+        default=[],
+        metavar="NAME=FILE[:FORMAT]",
+        help="the JSONL adapter NAME was trained on (FORMAT messages, instruction or text; default messages): "
+        "its leakage into the suite is then checked instead of unknown",
+    )
     cp.add_argument("--no-base", action="store_true", help="with the flags: leave the base model out of the comparison")
-    cp.add_argument("--gates", type=Path, default=None, help="gate policy (default: the run file's, else gates.yaml next to the suite)")
+    cp.add_argument(
+        "--gates",
+        type=Path,
+        default=None,
+        help="gate policy (default: the run file's, else gates.yaml next to the suite)",
+    )
     cp.add_argument("--reports-dir", type=Path, default=Path("reports"))
     cp.add_argument("--run-id", default=None)
-    cp.add_argument("--batch-size", type=_positive_int, default=GENERATION_BATCH, help=f"cases per generation batch (default {GENERATION_BATCH})")
+    cp.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=GENERATION_BATCH,
+        help=f"cases per generation batch (default {GENERATION_BATCH})",
+    )
     cp.add_argument("--limit", type=_positive_int, default=None, help="only the first N cases (smoke runs)")
     cp.add_argument("--device", default="auto")
     cp.add_argument("--no-progress", action="store_true")
-    cp.add_argument("--no-cache", action="store_true", help="generate everything again instead of reusing cached results")
-    cp.add_argument("--strict", action="store_true", help="treat an inconclusive gate verdict as a failure (exit 1 instead of 3)")
+    cp.add_argument(
+        "--no-cache", action="store_true", help="generate everything again instead of reusing cached results"
+    )
+    cp.add_argument(
+        "--strict", action="store_true", help="treat an inconclusive gate verdict as a failure (exit 1 instead of 3)"
+    )
 
     gt = sub.add_parser("gate", help="evaluate (or re-evaluate) the gate policy on an existing run")
     gt.add_argument("run", help="run id (folder name in the reports directory)")
-    gt.add_argument("--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the run's suite)")
+    gt.add_argument(
+        "--gates", type=Path, default=None, help="gate policy (default: gates.yaml next to the run's suite)"
+    )
     gt.add_argument("--reports-dir", type=Path, default=Path("reports"))
     gt.add_argument("--strict", action="store_true", help="treat inconclusive as failure")
 
     pr = sub.add_parser("promote", help="make a run's variant the champion (only if every gate passed)")
     pr.add_argument("run")
-    pr.add_argument("--variant", default=None, help="which variant becomes the champion (default: the run's only adapter)")
+    pr.add_argument(
+        "--variant", default=None, help="which variant becomes the champion (default: the run's only adapter)"
+    )
     pr.add_argument("--reports-dir", type=Path, default=Path("reports"))
 
     so = sub.add_parser("signoff", help="record an approve/reject decision in the hash-chained ledger")
@@ -133,11 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("config")
     doc.add_argument("--model", default=None, help="override the preset's model")
 
-    gg = sub.add_parser("gguf", help="convert a merged model folder with llama.cpp's converter and check the GGUF (exit 1 if it fails)")
+    gg = sub.add_parser(
+        "gguf", help="convert a merged model folder with llama.cpp's converter and check the GGUF (exit 1 if it fails)"
+    )
     gg.add_argument("merged", type=Path, help="merged model folder (e.g. reports/<run>/merged)")
-    gg.add_argument("--converter", default=None, help="PATH/convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERTER, else the one scripts/fetch_llama_cpp_converter.sh put in the cache)")
+    gg.add_argument(
+        "--converter",
+        default=None,
+        help="PATH/convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERTER, else the one scripts/fetch_llama_cpp_converter.sh put in the cache)",
+    )
     gg.add_argument("--outtype", default="f16", help="GGUF tensor type: f32, f16, bf16 or q8_0 (default f16)")
-    gg.add_argument("--outfile", type=Path, default=None, help="keep the GGUF here (default: a temporary file, deleted)")
+    gg.add_argument(
+        "--outfile", type=Path, default=None, help="keep the GGUF here (default: a temporary file, deleted)"
+    )
     gg.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to the converter (default 600)")
     return parser
 
@@ -154,25 +255,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from harness.models.embedded import resolve
-    from harness.runs.pipeline import run_pipeline
     from harness.runs.evaluate import EvalOptions
+    from harness.runs.pipeline import run_pipeline
     from harness.suite.suite import load_suite
     from harness.training.config import load_train_config
 
     cfg = load_train_config(args.config).with_overrides(args.model, None, args.max_steps)
     suite_path = args.suite or cfg.eval_suite or cfg.data.suite
     if not suite_path:
-        raise HarnessInputError(Problem(f"{args.config}: key 'eval_suite'", "missing", "name the golden suite to evaluate on, or pass --suite"))
+        raise HarnessInputError(
+            Problem(
+                f"{args.config}: key 'eval_suite'", "missing", "name the golden suite to evaluate on, or pass --suite"
+            )
+        )
     suite = load_suite(suite_path)
     from trainers.sft_recipe import candidate_adapter
 
     adapter, training = candidate_adapter(cfg, args.adapter)
     canaries = tuple((training or {}).get("canaries") or ())
-    options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress, canaries=canaries, cache_path=None if args.no_cache else default_cache_path())
+    options = EvalOptions(
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        canaries=canaries,
+        cache_path=None if args.no_cache else default_cache_path(),
+    )
     policy = _policy(args.gates, suite.path)
-    run_dir, report = run_pipeline(suite, resolve(cfg.model), adapter, args.reports_dir, options, device=args.device, run_id=args.run_id, training=training, policy=policy,
-                                   retention_dir=Path(args.retention) if args.retention else None, retention_limit=args.retention_limit,
-                                   merge_dtype=args.merge_dtype or cfg.merge_dtype, parallel_base=False if args.sequential else None)
+    run_dir, report = run_pipeline(
+        suite,
+        resolve(cfg.model),
+        adapter,
+        args.reports_dir,
+        options,
+        device=args.device,
+        run_id=args.run_id,
+        training=training,
+        policy=policy,
+        retention_dir=Path(args.retention) if args.retention else None,
+        retention_limit=args.retention_limit,
+        merge_dtype=args.merge_dtype or cfg.merge_dtype,
+        parallel_base=False if args.sequential else None,
+    )
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {run_dir / 'report.json'}")
     errors = [f for f in report["findings"] if f["level"] == "error"]
@@ -190,17 +312,41 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     flags = bool(args.adapter or args.merged or args.gguf or args.suite or args.training_data)
     if args.run_file is not None and flags:
-        raise HarnessInputError(Problem("harness compare", "takes a run file or variant flags, not both", "put every variant in the run file, or drop the run file"))
+        raise HarnessInputError(
+            Problem(
+                "harness compare",
+                "takes a run file or variant flags, not both",
+                "put every variant in the run file, or drop the run file",
+            )
+        )
     if args.run_file is None:
         if not args.suite:
-            raise HarnessInputError(Problem("harness compare", "needs a run file or --suite with variants", "e.g. harness compare examples/compare_support_vi.yaml"))
-        run: Any = spec_from_flags(args.suite, args.base, args.adapter, args.merged, args.gguf, with_base=not args.no_base,
-                                   training_data=args.training_data)
+            raise HarnessInputError(
+                Problem(
+                    "harness compare",
+                    "needs a run file or --suite with variants",
+                    "e.g. harness compare examples/compare_support_vi.yaml",
+                )
+            )
+        run: Any = spec_from_flags(
+            args.suite,
+            args.base,
+            args.adapter,
+            args.merged,
+            args.gguf,
+            with_base=not args.no_base,
+            training_data=args.training_data,
+        )
     else:
         run = args.run_file
     if args.reports_dir.exists() and not args.reports_dir.is_dir():
         raise HarnessInputError(Problem(str(args.reports_dir), "is not a folder", "pass a folder for --reports-dir"))
-    options = EvalOptions(batch_size=args.batch_size, progress=not args.no_progress, limit=args.limit, cache_path=None if args.no_cache else default_cache_path())
+    options = EvalOptions(
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        limit=args.limit,
+        cache_path=None if args.no_cache else default_cache_path(),
+    )
     plan = plan_run(run, options, device=args.device, run_id=args.run_id, gates_path=args.gates)
     run_dir, report = run_variants(plan, args.reports_dir)
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
@@ -238,7 +384,9 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     report = load_run(args.reports_dir, args.run)[1]
     policy = _policy(args.gates, Path(report["suite"]["path"]))
     if policy is None:
-        raise HarnessInputError(Problem(report["suite"]["path"], "has no gates.yaml", "write one (see golden/README.md) or pass --gates"))
+        raise HarnessInputError(
+            Problem(report["suite"]["path"], "has no gates.yaml", "write one (see golden/README.md) or pass --gates")
+        )
     run_dir, report = regate(args.reports_dir, args.run, policy)
     atomic_write_json(run_dir / "report.json", report)
     _print_gates(report["gates"])
@@ -272,7 +420,11 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"ledger: {p}", file=sys.stderr)
     n = len(ledger_history(args.reports_dir)) if not problems else None
-    print("ledger: intact" + (f" ({n} entries)" if n is not None else "") if not problems else f"ledger: {len(problems)} problems")
+    print(
+        "ledger: intact" + (f" ({n} entries)" if n is not None else "")
+        if not problems
+        else f"ledger: {len(problems)} problems"
+    )
     return EXIT_OK if not problems else EXIT_GATE_FAILED
 
 
@@ -321,7 +473,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from harness.suite.suite import load_suite
 
     suite = load_suite(args.suite)
-    print(f"ok: {suite.name} v{suite.version}: {len(suite.cases)} cases, labels {list(suite.labels)}, slices {list(suite.slices)}, hash {suite.content_hash[:12]}")
+    print(
+        f"ok: {suite.name} v{suite.version}: {len(suite.cases)} cases, labels {list(suite.labels)}, slices {list(suite.slices)}, hash {suite.content_hash[:12]}"
+    )
     return EXIT_OK
 
 
@@ -335,8 +489,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.reports_dir.exists() and not args.reports_dir.is_dir():
         raise HarnessInputError(Problem(str(args.reports_dir), "is not a folder", "pass a folder for --reports-dir"))
-    options = EvalOptions(batch_size=args.batch_size, precision=args.precision, progress=not args.no_progress, limit=args.limit, cache_path=None if args.no_cache else default_cache_path())
-    run_dir = run_eval(suite, ref, args.reports_dir, options, device=args.device, trust_remote_code=args.trust_remote_code, run_id=args.run_id)
+    options = EvalOptions(
+        batch_size=args.batch_size,
+        precision=args.precision,
+        progress=not args.no_progress,
+        limit=args.limit,
+        cache_path=None if args.no_cache else default_cache_path(),
+    )
+    run_dir = run_eval(
+        suite,
+        ref,
+        args.reports_dir,
+        options,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        run_id=args.run_id,
+    )
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {run_dir / 'report.json'}")
     return EXIT_OK
@@ -344,8 +512,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"models": _cmd_models, "check": _cmd_check, "eval": _cmd_eval, "train": _cmd_train, "doctor": _cmd_doctor, "pipeline": _cmd_pipeline, "compare": _cmd_compare,
-                "gate": _cmd_gate, "promote": _cmd_promote, "signoff": _cmd_signoff, "ledger": _cmd_ledger, "gguf": _cmd_gguf}
+    handlers = {
+        "models": _cmd_models,
+        "check": _cmd_check,
+        "eval": _cmd_eval,
+        "train": _cmd_train,
+        "doctor": _cmd_doctor,
+        "pipeline": _cmd_pipeline,
+        "compare": _cmd_compare,
+        "gate": _cmd_gate,
+        "promote": _cmd_promote,
+        "signoff": _cmd_signoff,
+        "ledger": _cmd_ledger,
+        "gguf": _cmd_gguf,
+    }
     try:
         return handlers[args.command](args)
     except HarnessInputError as exc:

@@ -24,7 +24,9 @@ def read_yaml(path: Path, what: str = "a training preset (see trainers/configs/)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise HarnessInputError(Problem(where, f"invalid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax")) from None
+        raise HarnessInputError(
+            Problem(where, f"invalid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax")
+        ) from None
     if not isinstance(raw, dict):
         raise HarnessInputError(Problem(str(path), "must be a YAML mapping", f"write {what}"))
     return raw
@@ -49,7 +51,9 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[Problem]) -> Any:
             if not trial:
                 return out
             errors.extend(trial)
-        problems.append(Problem(where, f"{value!r} is not one of {' | '.join(_type_name(a) for a in args)}", "fix the value"))
+        problems.append(
+            Problem(where, f"{value!r} is not one of {' | '.join(_type_name(a) for a in args)}", "fix the value")
+        )
         return None
     if origin is tuple:
         (item,) = typing.get_args(tp)[:1]
@@ -104,13 +108,20 @@ def build(cls: type[T], raw: dict[str, Any], where: str, problems: list[Problem]
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            problems.append(Problem(f"{where}.{key}" if where else str(key), "unknown key", f"{hint}allowed keys: {', '.join(fields)}"))
+            problems.append(
+                Problem(
+                    f"{where}.{key}" if where else str(key), "unknown key", f"{hint}allowed keys: {', '.join(fields)}"
+                )
+            )
             continue
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key, problems)
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             problems.append(Problem(f"{where}.{name}" if where else name, "missing", "add this key"))
-    if any(v is None and hints[k] is not type(None) and type(None) not in typing.get_args(hints[k]) for k, v in kwargs.items()):
+    if any(
+        v is None and hints[k] is not type(None) and type(None) not in typing.get_args(hints[k])
+        for k, v in kwargs.items()
+    ):
         return None  # type: ignore[return-value]
     try:
         return cls(**kwargs)

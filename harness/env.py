@@ -10,7 +10,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "jsonschema", "lm_eval", "sacrebleu", "scipy", "statsmodels", "pandas", "gguf")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "bitsandbytes",
+    "datasets",
+    "jsonschema",
+    "lm_eval",
+    "sacrebleu",
+    "scipy",
+    "statsmodels",
+    "pandas",
+    "gguf",
+)
 
 
 def package_versions() -> dict[str, str | None]:

@@ -45,7 +45,9 @@ def read_jsonl(path: Path, problems: list[Problem]) -> Iterator[tuple[int, dict[
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        problems.append(Problem(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})", "save the file as UTF-8"))
+        problems.append(
+            Problem(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})", "save the file as UTF-8")
+        )
         return
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -54,11 +56,21 @@ def read_jsonl(path: Path, problems: list[Problem]) -> Iterator[tuple[int, dict[
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             problems.append(
-                Problem(f"{path}:{lineno}", f"invalid JSON ({exc.msg} at column {exc.colno})", "make each line one JSON object")
+                Problem(
+                    f"{path}:{lineno}",
+                    f"invalid JSON ({exc.msg} at column {exc.colno})",
+                    "make each line one JSON object",
+                )
             )
             continue
         if not isinstance(obj, dict):
-            problems.append(Problem(f"{path}:{lineno}", f"expected a JSON object, got {type(obj).__name__}", "make each line one JSON object"))
+            problems.append(
+                Problem(
+                    f"{path}:{lineno}",
+                    f"expected a JSON object, got {type(obj).__name__}",
+                    "make each line one JSON object",
+                )
+            )
             continue
         yield lineno, obj
 

@@ -25,12 +25,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--harness-config", default=None, help="training preset to run (default: the policy's `pipeline`)")
     g.addoption("--harness-adapter", default=None, help="evaluate this adapter folder instead of training")
     g.addoption("--harness-model", default=None, help="override the preset's base model")
-    g.addoption("--harness-run", default=None, help="gate an existing run (folder name in the reports dir) instead of running")
-    g.addoption("--harness-run-file", default=None, help="run this run file (harness compare) instead of the policy's `run` or `pipeline`")
+    g.addoption(
+        "--harness-run", default=None, help="gate an existing run (folder name in the reports dir) instead of running"
+    )
+    g.addoption(
+        "--harness-run-file",
+        default=None,
+        help="run this run file (harness compare) instead of the policy's `run` or `pipeline`",
+    )
     g.addoption("--harness-reports-dir", default="reports", help="where run folders go (default: reports)")
     g.addoption("--harness-strict", action="store_true", help="an inconclusive gate fails")
     g.addoption("--harness-no-cache", action="store_true", help="do not reuse cached generations")
-    g.addoption("--harness-retention", default=None, help="also run capability retention with this lm-eval tasks folder (e.g. golden/retention)")
+    g.addoption(
+        "--harness-retention",
+        default=None,
+        help="also run capability retention with this lm-eval tasks folder (e.g. golden/retention)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -104,8 +114,18 @@ class GateItem(pytest.Item):
             if self.spec.baseline == "champion" and report["gates"].get("champion") is None:
                 pytest.skip("no champion yet: champion comparisons start after the first `harness promote`")
             if self.spec.kind == "retention" and self.spec.optional and not report.get("retention"):
-                pytest.skip("capability retention was not run (optional check): pass --harness-retention golden/retention")
-            raise GateFailure({"id": self.name, "verdict": "fail", "title": self.spec.description, "explanation": "the run produced no result for this check", "worst_cases": []})
+                pytest.skip(
+                    "capability retention was not run (optional check): pass --harness-retention golden/retention"
+                )
+            raise GateFailure(
+                {
+                    "id": self.name,
+                    "verdict": "fail",
+                    "title": self.spec.description,
+                    "explanation": "the run produced no result for this check",
+                    "worst_cases": [],
+                }
+            )
         for c in checks:
             if c["verdict"] == "fail":
                 raise GateFailure(c)
@@ -121,7 +141,12 @@ class GateItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, GateFailure):
             c = excinfo.value.check
-            lines = [f"gate {c['id']}: {c['verdict'].upper()}", f"  {c.get('title') or ''}".rstrip(), f"  {c['explanation']}", f"  {_figures(c)}"]
+            lines = [
+                f"gate {c['id']}: {c['verdict'].upper()}",
+                f"  {c.get('title') or ''}".rstrip(),
+                f"  {c['explanation']}",
+                f"  {_figures(c)}",
+            ]
             for w in c.get("worst_cases", [])[:5]:
                 lines.append(f"  worst case {w['id']}: {w['why']}")
             return "\n".join(line for line in lines if line.strip())
@@ -136,9 +161,14 @@ class GateItem(pytest.Item):
 def _figures(c: dict[str, Any]) -> str:
     parts = []
     if c.get("value") is not None:
-        parts.append(f"value {c['value']:.3f}" + (f" [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]" if c.get("ci95") else ""))
+        parts.append(
+            f"value {c['value']:.3f}" + (f" [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]" if c.get("ci95") else "")
+        )
     if c.get("delta") is not None:
-        parts.append(f"delta {c['delta']:+.3f}" + (f" [{c['delta_ci95'][0]:+.3f}, {c['delta_ci95'][1]:+.3f}]" if c.get("delta_ci95") else ""))
+        parts.append(
+            f"delta {c['delta']:+.3f}"
+            + (f" [{c['delta_ci95'][0]:+.3f}, {c['delta_ci95'][1]:+.3f}]" if c.get("delta_ci95") else "")
+        )
     if c.get("p_value") is not None:
         parts.append(f"p={c['p_value']:.3g}")
     if c.get("n"):
@@ -166,11 +196,11 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
     from harness.engine.cache import default_path
     from harness.errors import Problem
     from harness.models.embedded import resolve
-    from harness.runs.pipeline import run_pipeline
-    from harness.verdict.promote import regate
     from harness.runs.evaluate import EvalOptions
+    from harness.runs.pipeline import run_pipeline
     from harness.suite.suite import load_suite
     from harness.training.config import load_train_config
+    from harness.verdict.promote import regate
 
     policy = load_policy(gates_file)
     reports = Path(config.getoption("--harness-reports-dir"))
@@ -181,26 +211,46 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
     if run_file is not None:
         from harness.runs.plan import plan_run
 
-        plan = plan_run(Path(run_file), EvalOptions(progress=False, cache_path=None if config.getoption("--harness-no-cache") else default_path()),
-                        policy_override=policy)
+        plan = plan_run(
+            Path(run_file),
+            EvalOptions(progress=False, cache_path=None if config.getoption("--harness-no-cache") else default_path()),
+            policy_override=policy,
+        )
         from harness.runs.compare import run_variants
 
         return run_variants(plan, reports)[1]
     preset = config.getoption("--harness-config") or policy.pipeline
     if not preset:
-        raise HarnessInputError(Problem(f"{gates_file}: key 'pipeline'", "missing",
-                                        "name the training preset (pipeline:) or a run file (run:) to run, or pass --harness-config / --harness-run-file / --harness-run"))
+        raise HarnessInputError(
+            Problem(
+                f"{gates_file}: key 'pipeline'",
+                "missing",
+                "name the training preset (pipeline:) or a run file (run:) to run, or pass --harness-config / --harness-run-file / --harness-run",
+            )
+        )
     cfg = load_train_config(Path(preset)).with_overrides(config.getoption("--harness-model"))
     suite = load_suite(gates_file.parent)
     from trainers.sft_recipe import candidate_adapter
 
     adapter_opt = config.getoption("--harness-adapter")
     adapter, training = candidate_adapter(cfg, Path(adapter_opt) if adapter_opt else None)
-    options = EvalOptions(progress=False, canaries=tuple((training or {}).get("canaries") or ()),
-                          cache_path=None if config.getoption("--harness-no-cache") else default_path())
+    options = EvalOptions(
+        progress=False,
+        canaries=tuple((training or {}).get("canaries") or ()),
+        cache_path=None if config.getoption("--harness-no-cache") else default_path(),
+    )
     retention = config.getoption("--harness-retention")
-    _, report = run_pipeline(suite, resolve(cfg.model), adapter, reports, options, training=training, policy=policy, retention_dir=Path(retention) if retention else None,
-                             merge_dtype=cfg.merge_dtype)
+    _, report = run_pipeline(
+        suite,
+        resolve(cfg.model),
+        adapter,
+        reports,
+        options,
+        training=training,
+        policy=policy,
+        retention_dir=Path(retention) if retention else None,
+        merge_dtype=cfg.merge_dtype,
+    )
     return report
 
 
@@ -209,9 +259,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         report = entry.get("report")
         if report:
             g = report["gates"]
-            terminalreporter.write_line(f"harness: run {report['run_id']}: gates {g['verdict']} ({sum(c['verdict'] == 'pass' for c in g['checks'])}/{len(g['checks'])} pass)")
+            terminalreporter.write_line(
+                f"harness: run {report['run_id']}: gates {g['verdict']} ({sum(c['verdict'] == 'pass' for c in g['checks'])}/{len(g['checks'])} pass)"
+            )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if exitstatus == 0 and session.config.stash.get(INCONCLUSIVE, []) and not session.config.getoption("--harness-strict", False):
+    if (
+        exitstatus == 0
+        and session.config.stash.get(INCONCLUSIVE, [])
+        and not session.config.getoption("--harness-strict", False)
+    ):
         session.exitstatus = 3

@@ -35,7 +35,9 @@ def mcnemar_worse(broken: int, fixed: int) -> float:
     return float(binomtest(broken, n, 0.5, alternative="greater").pvalue)
 
 
-def paired_bootstrap(before: Sequence[float], after: Sequence[float], alpha: float = ALPHA, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap(
+    before: Sequence[float], after: Sequence[float], alpha: float = ALPHA, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile interval of mean(after - before) resampling cases (pairs stay together)."""
     from scipy.stats import bootstrap
 
@@ -43,7 +45,14 @@ def paired_bootstrap(before: Sequence[float], after: Sequence[float], alpha: flo
     if diff.size < 2 or np.all(diff == diff[0]):
         d = float(diff.mean()) if diff.size else 0.0
         return d, d
-    res = bootstrap((diff,), np.mean, confidence_level=1 - alpha, n_resamples=resamples, method="percentile", random_state=np.random.default_rng(seed))
+    res = bootstrap(
+        (diff,),
+        np.mean,
+        confidence_level=1 - alpha,
+        n_resamples=resamples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -56,13 +65,24 @@ def mde(n: int, baseline: float | None, alpha: float = ALPHA, power: float = POW
 
     if n < 2 or (baseline is not None and baseline <= 0):
         return None  # nothing can drop below zero
-    h = float(NormalIndPower().solve_power(effect_size=None, nobs1=n, alpha=alpha, power=power, ratio=1.0, alternative="larger"))
+    h = float(
+        NormalIndPower().solve_power(
+            effect_size=None, nobs1=n, alpha=alpha, power=power, ratio=1.0, alternative="larger"
+        )
+    )
     p = min(max(baseline if baseline is not None else 0.5, 1e-6), 1 - 1e-6)
     lowered = math.sin(max(2 * math.asin(math.sqrt(p)) - h, 0.0) / 2) ** 2
     return round(p - lowered, 4)
 
 
-def compare_paired(before: Sequence[float], after: Sequence[float], margin: float, binary: bool, alpha: float = ALPHA, resamples: int = 2000) -> dict[str, Any]:
+def compare_paired(
+    before: Sequence[float],
+    after: Sequence[float],
+    margin: float,
+    binary: bool,
+    alpha: float = ALPHA,
+    resamples: int = 2000,
+) -> dict[str, Any]:
     """Non-inferiority of `after` against `before` on the same cases.
 
     pass: the interval of the difference lies above -margin. fail: for rates, the exact McNemar test
@@ -76,13 +96,22 @@ def compare_paired(before: Sequence[float], after: Sequence[float], margin: floa
     a = np.asarray(after, dtype=float)
     delta = float(a.mean() - b.mean())
     lo, hi = paired_bootstrap(b, a, alpha, resamples)
-    out: dict[str, Any] = {"n": n, "value": float(a.mean()), "baseline_value": float(b.mean()), "delta": delta, "delta_ci95": [lo, hi], "margin": margin}
+    out: dict[str, Any] = {
+        "n": n,
+        "value": float(a.mean()),
+        "baseline_value": float(b.mean()),
+        "delta": delta,
+        "delta_ci95": [lo, hi],
+        "margin": margin,
+    }
     p_value = None
     if binary:
         broken = int(np.sum((b >= 1) & (a < 1)))
         fixed = int(np.sum((b < 1) & (a >= 1)))
         p_value = mcnemar_worse(broken, fixed)
-        out.update(broken=broken, fixed=fixed, p_value=p_value, test="exact McNemar (one-sided) + paired bootstrap interval")
+        out.update(
+            broken=broken, fixed=fixed, p_value=p_value, test="exact McNemar (one-sided) + paired bootstrap interval"
+        )
         significant_drop = p_value < alpha and delta < -margin
     else:
         out.update(p_value=None, test="paired bootstrap")

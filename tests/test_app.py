@@ -58,9 +58,13 @@ def _no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
-TABLE_COLUMNS = {"case_table": ("id", "slices", "regression"), "flip_table": ("scorer", "fixed", "broken"),
-                 "flip_matrix": ("comparison",), "variant_table": ("variant", "kind", "derived from", "prompt format"),
-                 "ledger_table": ("seq", "by", "covers this report")}
+TABLE_COLUMNS = {
+    "case_table": ("id", "slices", "regression"),
+    "flip_table": ("scorer", "fixed", "broken"),
+    "flip_matrix": ("comparison",),
+    "variant_table": ("variant", "kind", "derived from", "prompt format"),
+    "ledger_table": ("seq", "by", "covers this report"),
+}
 
 
 def _table(at: AppTest, name: str) -> Any:
@@ -176,16 +180,30 @@ HEAD = {"kind": "pipeline", "schema_version": 1, "run_id": "zz", "created_at": "
     [
         ('{"kind": "pipeline", "run_id": ', ["report.json", "not valid JSON"]),
         ("[1, 2]", ["report.json", "is a JSON list"]),
-        (json.dumps({**HEAD, "kind": "eval", "variants": {}}),
-         ["kind", "is 'eval', not 'pipeline' or 'compare'", "variant_order", "holds none of base, adapter, merged"]),
+        (
+            json.dumps({**HEAD, "kind": "eval", "variants": {}}),
+            ["kind", "is 'eval', not 'pipeline' or 'compare'", "variant_order", "holds none of base, adapter, merged"],
+        ),
         (json.dumps({**HEAD, "variants": {"base": {}}}), ["variants.base.metrics.overall", "is missing"]),
-        (json.dumps({**HEAD, "kind": "compare", "variants": {}, "variant_order": "base"}),
-         ["variant_order", "is str", "expected a list of variant names"]),
-        (json.dumps({**HEAD, "kind": "compare", "variants": {"a": {"metrics": {"overall": {}}}},
-                     "variant_order": ["a", "a"]}),
-         ["variant_order", "names 'a' more than once"]),
-        (json.dumps({"kind": "pipeline", "schema_version": 7, "created_at": "2099-01-01"}),
-         ["schema_version", "is 7", "run_id", "is missing"]),
+        (
+            json.dumps({**HEAD, "kind": "compare", "variants": {}, "variant_order": "base"}),
+            ["variant_order", "is str", "expected a list of variant names"],
+        ),
+        (
+            json.dumps(
+                {
+                    **HEAD,
+                    "kind": "compare",
+                    "variants": {"a": {"metrics": {"overall": {}}}},
+                    "variant_order": ["a", "a"],
+                }
+            ),
+            ["variant_order", "names 'a' more than once"],
+        ),
+        (
+            json.dumps({"kind": "pipeline", "schema_version": 7, "created_at": "2099-01-01"}),
+            ["schema_version", "is 7", "run_id", "is missing"],
+        ),
     ],
 )
 def test_broken_or_foreign_report_shows_an_error(reports: Path, content: str, needles: list[str]) -> None:
@@ -217,8 +235,19 @@ def test_malformed_optional_section_is_an_error_not_a_traceback(reports: Path) -
     assert len(_table(at, "case_table")) == n_cases  # the rest still renders
 
 
-SECTIONS = ["gates", "hygiene", "training", "flips", "parity", "relations", "safety_findings", "retention",
-            "comparisons", "headline", "findings"]
+SECTIONS = [
+    "gates",
+    "hygiene",
+    "training",
+    "flips",
+    "parity",
+    "relations",
+    "safety_findings",
+    "retention",
+    "comparisons",
+    "headline",
+    "findings",
+]
 ODD_VALUES = ["text", [1, {"x": None}], {"verdict": {"nested": 1}, "checks": [None], "variants": 3}]
 
 
@@ -236,8 +265,11 @@ def test_odd_case_rows_never_raise(reports: Path) -> None:
     odd = [
         {"id": "odd-1", "variants": {"base": "text", "adapter": None}},
         {"id": "odd-2", "tags": "not-a-list", "expected": [1], "variants": {"base": {"output": None, "scores": "x"}}},
-        {"id": "odd-3", "variants": {"merged": {"output": 5, "scores": [{"scorer": ["list"], "passed": True}, None]}},
-         "messages": "hi"},
+        {
+            "id": "odd-3",
+            "variants": {"merged": {"output": 5, "scores": [{"scorer": ["list"], "passed": True}, None]}},
+            "messages": "hi",
+        },
     ]
     with (reports / FULL / "cases.jsonl").open("a", encoding="utf-8") as handle:
         handle.write("".join(json.dumps(r) + "\n" for r in odd))
@@ -288,8 +320,11 @@ def test_tampered_ledger_is_shown(reports: Path) -> None:
 def test_regressions_filter_and_diff(reports: Path) -> None:
     cases = reports / FULL / "cases.jsonl"
     rows = [json.loads(x) for x in cases.read_text(encoding="utf-8").splitlines()]
-    target = next(r for r in rows
-                  if any(s["scorer"] == "format_strict" and s["passed"] for s in r["variants"]["adapter"]["scores"]))
+    target = next(
+        r
+        for r in rows
+        if any(s["scorer"] == "format_strict" and s["passed"] for s in r["variants"]["adapter"]["scores"])
+    )
     merged = target["variants"]["merged"]
     merged["output"] = merged["output"][: 2 * len(merged["output"]) // 3] + " <script>alert(1)</script>"
     for s in merged["scores"]:
@@ -316,8 +351,13 @@ def test_slice_and_failed_scorer_filters(reports: Path) -> None:
     _no_exception(at)
     assert len(_table(at, "case_table")) == sum("informal" in r["tags"] for r in rows) > 0
     at.multiselect(key="case_slices").unselect("tag=informal").run()
-    failed = {r["id"] for r in rows for v in r["variants"].values() for s in v["scores"]
-              if s["scorer"] == "format_strict" and s["passed"] is False}
+    failed = {
+        r["id"]
+        for r in rows
+        for v in r["variants"].values()
+        for s in v["scores"]
+        if s["scorer"] == "format_strict" and s["passed"] is False
+    }
     at.multiselect(key="case_failed").select("format_strict").run()
     assert set(_table(at, "case_table")["id"]) == failed
 
@@ -344,8 +384,9 @@ def test_filters_that_match_nothing_say_so(reports: Path) -> None:
 def _tab_text(at: AppTest, label: str) -> str:
     """What one tab shows as text: markdown, captions, alerts, table contents and widget options, unescaped."""
     [tab] = [t for t in at.tabs if t.label == label]
-    parts = [str(e.value) for kind in ("markdown", "caption", "error", "warning", "info", "success")
-             for e in tab.get(kind)]
+    parts = [
+        str(e.value) for kind in ("markdown", "caption", "error", "warning", "info", "success") for e in tab.get(kind)
+    ]
     parts += [d.value.to_csv() for d in tab.dataframe]
     parts += [str(o) for kind in ("selectbox", "multiselect") for w in tab.get(kind) for o in w.options]
     return "\n".join(parts).replace("\\", "")
@@ -594,8 +635,9 @@ def _wait_for(url: str, seconds: float) -> None:
     raise AssertionError(f"{url} did not answer within {seconds} s")
 
 
-def _browser_text_and_screenshot(chromium: str, url: str, shot: Path, needle: str, profile: Path,
-                                  seconds: float = 60) -> str:
+def _browser_text_and_screenshot(
+    chromium: str, url: str, shot: Path, needle: str, profile: Path, seconds: float = 60
+) -> str:
     """Drive headless Chromium over the DevTools protocol: wait until `needle` renders, then screenshot.
 
     Chromium's --dump-dom/--screenshot return before Streamlit's websocket has delivered the page
@@ -608,9 +650,21 @@ def _browser_text_and_screenshot(chromium: str, url: str, shot: Path, needle: st
     import websockets
 
     async def drive() -> str:
-        proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,2000",
-                                 "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--window-size=1400,2000",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert proc.stderr is not None
             endpoint = None
@@ -666,16 +720,32 @@ def test_browser_shows_the_run_verdicts(reports: Path, tmp_path: Path) -> None:
     port = _free_port()
     log = (tmp_path / "streamlit.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port), "--server.headless", "true",
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(APP),
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.fileWatcherType",
+            "none",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         _wait_for(f"http://127.0.0.1:{port}/_stcore/health", 60)
         for run in (FULL, COMPARE):
             shot = tmp_path / f"overview-{run}.png"
-            text = _browser_text_and_screenshot(chromium, f"http://127.0.0.1:{port}/?run={run}", shot, "Data hygiene",
-                                                tmp_path / f"profile-{run}")
+            text = _browser_text_and_screenshot(
+                chromium, f"http://127.0.0.1:{port}/?run={run}", shot, "Data hygiene", tmp_path / f"profile-{run}"
+            )
             assert shot.stat().st_size > 10_000
             report = _report(reports, run)
             gates = report["gates"]

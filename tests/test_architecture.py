@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from tests.conftest import REPO
 
 # core < suite < models < engine < scoring < variants < training < trainers (recipes) < verdict < runs < cli
-LAYERS = {"suite": 1, "models": 2, "engine": 3, "scoring": 4, "variants": 5, "training": 6, "verdict": 7, "runs": 8, "cli": 9, "pytest_plugin": 9, "__main__": 9}
+LAYERS = {
+    "suite": 1,
+    "models": 2,
+    "engine": 3,
+    "scoring": 4,
+    "variants": 5,
+    "training": 6,
+    "verdict": 7,
+    "runs": 8,
+    "cli": 9,
+    "pytest_plugin": 9,
+    "__main__": 9,
+}
 TRAINERS = 6.5
 
 
@@ -53,8 +65,18 @@ def test_no_source_file_is_git_ignored() -> None:
 
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
-    sources = [str(p.relative_to(REPO)) for d in ("harness", "trainers", "tests", "golden", "benchmarks")
-               for p in (REPO / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    out = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, input="\n".join(sources),
-                         capture_output=True, text=True, check=False).stdout.split()
+    sources = [
+        str(p.relative_to(REPO))
+        for d in ("harness", "trainers", "tests", "golden", "benchmarks")
+        for p in (REPO / d).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
+    out = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=REPO,
+        input="\n".join(sources),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
     assert not out, f"ignored by .gitignore, so missing from clones: {out[:10]}"

@@ -52,7 +52,9 @@ def test_decode_path_hands_prefill_and_unusual_calls_to_sdpa(monkeypatch: pytest
     assert calls == [3, 1, 1]
 
 
-def _reference_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _reference_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Textbook attention: repeat key/value heads, masked softmax; [batch, q_len, heads, head_dim]."""
     groups = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
@@ -62,7 +64,9 @@ def _reference_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
 
 @pytest.mark.parametrize("row_groups", [1, 3, 7])
 @pytest.mark.parametrize("declared", [0, 5, 6])
-def test_decode_path_reads_shared_prefix_once_and_skips_padding(monkeypatch: pytest.MonkeyPatch, row_groups: int, declared: int) -> None:
+def test_decode_path_reads_shared_prefix_once_and_skips_padding(
+    monkeypatch: pytest.MonkeyPatch, row_groups: int, declared: int
+) -> None:
     """[shared prefix | left pad | suffix | unfilled] rows: same result as textbook attention, whatever is declared.
 
     Declaring 6 when a row sees only 5 shared columns must fall back to the general path, not mix rows up.
@@ -117,7 +121,10 @@ def test_cast_once_keeps_autocast_values_and_undoes_itself(tiny_model_dir: Path)
 
     def build() -> Any:
         torch.manual_seed(1)
-        model = get_peft_model(_load(tiny_model_dir, "eager"), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False))
+        model = get_peft_model(
+            _load(tiny_model_dir, "eager"),
+            LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False),
+        )
         return model.train()
 
     torch.manual_seed(0)

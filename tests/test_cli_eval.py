@@ -16,14 +16,34 @@ def _suite_with_limit(tmp_path: Path, n: int) -> Path:
 
     dst = tmp_path / "suite"
     shutil.copytree(SUPPORT_VI, dst)
-    (dst / "suite.yaml").write_text((dst / "suite.yaml").read_text(encoding="utf-8").replace("max_new_tokens: 160", "max_new_tokens: 12"), encoding="utf-8")
+    (dst / "suite.yaml").write_text(
+        (dst / "suite.yaml").read_text(encoding="utf-8").replace("max_new_tokens: 160", "max_new_tokens: 12"),
+        encoding="utf-8",
+    )
     return dst
 
 
 def test_eval_writes_report(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     suite = _suite_with_limit(tmp_path, 12)
     reports = tmp_path / "reports"
-    code = main(["eval", str(suite), "--model", str(tiny_model_dir), "--reports-dir", str(reports), "--run-id", "r1", "--limit", "12", "--batch-size", "5", "--no-progress", "--no-cache"])
+    code = main(
+        [
+            "eval",
+            str(suite),
+            "--model",
+            str(tiny_model_dir),
+            "--reports-dir",
+            str(reports),
+            "--run-id",
+            "r1",
+            "--limit",
+            "12",
+            "--batch-size",
+            "5",
+            "--no-progress",
+            "--no-cache",
+        ]
+    )
     assert code == 0
     run = reports / "r1"
     report = json.loads((run / "report.json").read_text(encoding="utf-8"))
@@ -39,7 +59,15 @@ def test_eval_writes_report(tmp_path: Path, tiny_model_dir: Path, capsys: pytest
     assert report["environment"]["packages"]["torch"].startswith("2.13.0")
     records = [json.loads(line) for line in (run / "cases.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(records) == 12
-    assert {s["scorer"] for s in records[0]["scores"]} >= {"format_strict", "format_lenient", "field:category", "field:priority", "safety", "safety:pii", "safety:injection"}
+    assert {s["scorer"] for s in records[0]["scores"]} >= {
+        "format_strict",
+        "format_lenient",
+        "field:category",
+        "field:priority",
+        "safety",
+        "safety:pii",
+        "safety:injection",
+    }
     assert all(s["explanation"] for r in records for s in r["scores"])
     assert (run / "summary.md").read_text(encoding="utf-8").startswith("# support_vi")
     assert not list(run.glob(".*.tmp"))

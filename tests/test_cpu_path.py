@@ -19,7 +19,9 @@ def test_fused_lora_gradients_are_exact_in_float64(with_bias: bool) -> None:
     bias = torch.randn(5, dtype=torch.float64, requires_grad=True) if with_bias else None
     a = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, bias, a, b: LoraLinear.apply(x, weight, bias, a, b, 1.5, torch.float64), (x, bias, a, b))
+    assert torch.autograd.gradcheck(
+        lambda x, bias, a, b: LoraLinear.apply(x, weight, bias, a, b, 1.5, torch.float64), (x, bias, a, b)
+    )
     expected = x @ weight.t() + (0 if bias is None else bias) + 1.5 * (x @ a.t()) @ b.t()
     torch.testing.assert_close(LoraLinear.apply(x, weight, bias, a, b, 1.5, torch.float64), expected)
 
@@ -30,7 +32,14 @@ def _peft_model(tiny_model_dir: Path, **lora: Any) -> Any:
 
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
-    settings = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear", "init_lora_weights": False, **lora}
+    settings = {
+        "r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        "target_modules": "all-linear",
+        "init_lora_weights": False,
+        **lora,
+    }
     return get_peft_model(base, LoraConfig(**settings)).train()
 
 

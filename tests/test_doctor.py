@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.training.data import DataSplit, Example, load_examples, split
-from harness.training.doctor import diagnose
 from harness.suite.suite import load_suite
 from harness.training.config import load_train_config
+from harness.training.data import DataSplit, Example, load_examples, split
+from harness.training.doctor import diagnose
 from tests.conftest import REPO, SUPPORT_VI
 from trainers.sft_recipe import linear_module_names, make_collator
 
@@ -30,7 +30,15 @@ def parts(tiny_model_dir: Path, tokenizer):  # noqa: ANN001, ANN201
 
 def _codes(parts, cfg=None, data=None, collator=None, suite="default", bf16=True) -> dict[str, str]:  # noqa: ANN001
     base_cfg, tok, base_data, names, base_suite = parts
-    findings, _ = diagnose(cfg or base_cfg, tok, data or base_data, names, collator or make_collator(tok), base_suite if suite == "default" else suite, bf16)
+    findings, _ = diagnose(
+        cfg or base_cfg,
+        tok,
+        data or base_data,
+        names,
+        collator or make_collator(tok),
+        base_suite if suite == "default" else suite,
+        bf16,
+    )
     return {f.code: f.level for f in findings}
 
 
@@ -49,7 +57,10 @@ def test_eos_masked_when_pad_equals_eos(parts) -> None:  # noqa: ANN001
     tok = parts[1]
     assert tok.pad_token_id == tok.eos_token_id
     classic = DataCollatorForLanguageModeling(tokenizer=tok, mlm=False)  # masks labels where input == pad id
-    assert _codes(parts, collator=lambda feats: classic([{"input_ids": f["input_ids"]} for f in feats]))["eos_masked"] == "error"
+    assert (
+        _codes(parts, collator=lambda feats: classic([{"input_ids": f["input_ids"]} for f in feats]))["eos_masked"]
+        == "error"
+    )
 
 
 def test_labels_over_padding(parts) -> None:  # noqa: ANN001
@@ -94,7 +105,15 @@ def test_golden_case_in_training_data(parts) -> None:  # noqa: ANN001
     data: DataSplit = parts[2]
     suite = parts[4]
     case = suite.cases[0]
-    leaked = Example(999, [{"role": "system", "content": "s"}, {"role": "user", "content": case.messages[-1]["content"]}], [{"role": "assistant", "content": "{}"}])
-    near = Example(1000, [{"role": "user", "content": case.messages[-1]["content"][:-3] + "ạ!!"}], [{"role": "assistant", "content": "{}"}])
+    leaked = Example(
+        999,
+        [{"role": "system", "content": "s"}, {"role": "user", "content": case.messages[-1]["content"]}],
+        [{"role": "assistant", "content": "{}"}],
+    )
+    near = Example(
+        1000,
+        [{"role": "user", "content": case.messages[-1]["content"][:-3] + "ạ!!"}],
+        [{"role": "assistant", "content": "{}"}],
+    )
     codes = _codes(parts, data=DataSplit(data.train + (leaked, near), data.validation, data.sha256, data.total + 2))
     assert codes == {"golden_in_training": "error", "golden_near_duplicate": "error"}

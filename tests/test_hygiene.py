@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.training.data import load_examples, split
 from harness.errors import HarnessInputError
-from harness.training.hygiene import hygiene_report
 from harness.suite.suite import load_suite
 from harness.training.config import load_train_config
+from harness.training.data import load_examples, split
+from harness.training.hygiene import hygiene_report
 from tests.conftest import REPO, SUPPORT_VI
 
 DEMO = REPO / "trainers/configs/demo.yaml"
@@ -21,7 +21,9 @@ SUITE = load_suite(SUPPORT_VI)
 
 def _chat(user: str, answer: str = "Mình đã ghi nhận. Bạn vui lòng chờ nhé.") -> str:
     content = json.dumps({"category": "account", "priority": "low", "answer": answer}, ensure_ascii=False)
-    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": content}]}, ensure_ascii=False)
+    return json.dumps(
+        {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": content}]}, ensure_ascii=False
+    )
 
 
 def _report(tmp_path: Path, lines: list[str], allow: bool = False) -> dict[str, object]:
@@ -29,16 +31,33 @@ def _report(tmp_path: Path, lines: list[str], allow: bool = False) -> dict[str, 
     data_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = load_train_config(DEMO)
     examples, sha = load_examples(replace(cfg.data, path=str(data_file)), SUITE, REPO)
-    return hygiene_report(str(data_file), split(examples, 0.0, 1, sha), SUITE, {"n": len(examples), "p50": 10, "p99": 20, "max": 30, "over_max_length": 0}, 512, block_leakage=not allow)
+    return hygiene_report(
+        str(data_file),
+        split(examples, 0.0, 1, sha),
+        SUITE,
+        {"n": len(examples), "p50": 10, "p99": 20, "max": 30, "over_max_length": 0},
+        512,
+        block_leakage=not allow,
+    )
 
 
 def test_clean_data_passes(tmp_path: Path) -> None:
-    h = _report(tmp_path, [_chat("Tôi không đăng nhập được từ sáng nay."), _chat("How do I change my delivery address?")])
-    assert h["verdict"] == "pass" and h["pii"] == [] and h["duplicates"] == {"exact": [], "near": []} and h["problems"] == []
+    h = _report(
+        tmp_path, [_chat("Tôi không đăng nhập được từ sáng nay."), _chat("How do I change my delivery address?")]
+    )
+    assert (
+        h["verdict"] == "pass"
+        and h["pii"] == []
+        and h["duplicates"] == {"exact": [], "near": []}
+        and h["problems"] == []
+    )
 
 
 def test_personal_data_is_reported_with_line_and_masked(tmp_path: Path) -> None:
-    h = _report(tmp_path, [_chat("Tôi quên mật khẩu."), _chat("Gọi lại cho tôi số 0912 345 678 hoặc mail lan.nguyen@example.com nhé.")])
+    h = _report(
+        tmp_path,
+        [_chat("Tôi quên mật khẩu."), _chat("Gọi lại cho tôi số 0912 345 678 hoặc mail lan.nguyen@example.com nhé.")],
+    )
     kinds = {(p["line"], p["kind"]) for p in h["pii"]}
     assert kinds == {(2, "vn_phone"), (2, "email")}
     assert all("345" not in p["match"] for p in h["pii"] if p["kind"] == "vn_phone")
@@ -63,7 +82,9 @@ def test_golden_leakage_blocks_unless_allowed(tmp_path: Path) -> None:
 def test_training_stops_on_leakage_with_a_clear_message(tmp_path: Path, tiny_model_dir: Path) -> None:
     from trainers.sft_recipe import train
 
-    lines = (REPO / "trainers/data/support_vi_train.jsonl").read_text(encoding="utf-8").splitlines()[:20] + [_chat(SUITE.cases[0].user_text())]
+    lines = (REPO / "trainers/data/support_vi_train.jsonl").read_text(encoding="utf-8").splitlines()[:20] + [
+        _chat(SUITE.cases[0].user_text())
+    ]
     data_file = tmp_path / "train.jsonl"
     data_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = load_train_config(DEMO).with_overrides(str(tiny_model_dir), str(tmp_path / "c"), 1)
@@ -80,6 +101,10 @@ def test_canaries_are_planted_in_a_copy_and_recorded(tmp_path: Path, tiny_model_
     before = (REPO / cfg.data.path).read_bytes()
     prep = prepare(cfg, REPO)
     assert len(prep.canaries) == cfg.data.canaries == 3
-    planted = [e for e in prep.data.train + prep.data.validation if any(c in json.dumps(e.prompt + e.completion, ensure_ascii=False) for c in prep.canaries)]
+    planted = [
+        e
+        for e in prep.data.train + prep.data.validation
+        if any(c in json.dumps(e.prompt + e.completion, ensure_ascii=False) for c in prep.canaries)
+    ]
     assert len(planted) == 3 and (REPO / cfg.data.path).read_bytes() == before
     assert prep.hygiene["verdict"] == "pass" and prep.hygiene["examples"] == 234

@@ -76,7 +76,12 @@ def test_majority_verdict_identity_and_self_consistency(server: FakeServer) -> N
     assert verdict.passed is True
     assert verdict.score == 1.0  # both readable samples said pass
     assert verdict.self_consistency == pytest.approx(2 / 3)
-    assert verdict.judge_identity == {"kind": "endpoint", "url": server.url + "/v1/chat/completions", "model": "judge-model", "weights_sha256": None}
+    assert verdict.judge_identity == {
+        "kind": "endpoint",
+        "url": server.url + "/v1/chat/completions",
+        "model": "judge-model",
+        "weights_sha256": None,
+    }
     assert verdict.rationale.startswith("2 of 3 samples say pass, 1 unreadable: polite")
     assert verdict.samples[2]["verdict"] is None and "not a JSON object" in verdict.samples[2]["reason"]
     assert [r["path"] for r in server.requests] == ["/v1/chat/completions"] * 3
@@ -97,7 +102,11 @@ def test_fail_majority(server: FakeServer) -> None:
 
 
 def test_all_malformed_is_unscored_with_the_reasons(server: FakeServer) -> None:
-    server.replies = [MALFORMED, '{"verdict": "maybe", "reason": "?"}', '{"verdict": "pass", "reason": "ok", "score": 9}']
+    server.replies = [
+        MALFORMED,
+        '{"verdict": "maybe", "reason": "?"}',
+        '{"verdict": "pass", "reason": "ok", "score": 9}',
+    ]
     verdict = judge_tone(_endpoint(server.url + "/v1/chat/completions"), ANSWER, None, RUBRIC)
     assert verdict.passed is None and verdict.score is None and verdict.self_consistency is None
     assert verdict.rationale.startswith("unscored: no sample gave a valid verdict")
@@ -196,7 +205,12 @@ def test_local_judge_on_a_tiny_model(tiny_model_dir: Path) -> None:
     config = JudgeConfig(kind="local", path=str(tiny_model_dir), samples=2, temperature=1.0, max_new_tokens=8)
     judge = make_judge(config)
     verdict = judge(ANSWER, None, RUBRIC)
-    assert verdict.judge_identity == {"kind": "local", "path": str(tiny_model_dir.resolve()), "model": tiny_model_dir.name, "weights_sha256": weights_sha256(tiny_model_dir)}
+    assert verdict.judge_identity == {
+        "kind": "local",
+        "path": str(tiny_model_dir.resolve()),
+        "model": tiny_model_dir.name,
+        "weights_sha256": weights_sha256(tiny_model_dir),
+    }
     assert len(verdict.samples) == 2
     assert judge(ANSWER, None, RUBRIC).samples == verdict.samples  # sample i is seeded with seed + i
     # a random 2-layer model does not write the strict JSON verdict, so the case is unscored, not failed

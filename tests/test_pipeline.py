@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from harness.models.embedded import resolve
-from harness.runs.pipeline import run_pipeline
 from harness.runs.evaluate import EvalOptions
+from harness.runs.pipeline import run_pipeline
 from harness.suite.suite import load_suite
 from tests.conftest import SUPPORT_VI
 
@@ -26,8 +26,12 @@ def _small_suite(tmp_path: Path, n: int = 8, max_new: int = 12, adversarial: int
     picked = [json.loads(x) for x in lines[:: len(lines) // n][:n]]
     for p in picked:
         p["tags"] = []
-    picked += [json.loads(x) for x in (dst / "adversarial.jsonl").read_text(encoding="utf-8").splitlines()[:adversarial]]
-    (dst / "cases.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in picked), encoding="utf-8")
+    picked += [
+        json.loads(x) for x in (dst / "adversarial.jsonl").read_text(encoding="utf-8").splitlines()[:adversarial]
+    ]
+    (dst / "cases.jsonl").write_text(
+        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in picked), encoding="utf-8"
+    )
     raw = yaml.safe_load((dst / "suite.yaml").read_text(encoding="utf-8"))
     raw["cases"] = "cases.jsonl"
     raw["generation"]["max_new_tokens"] = max_new
@@ -41,7 +45,9 @@ def _adapter(tmp_path: Path, tiny_model_dir: Path, trained: bool) -> Path:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM"))
+    peft = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
+    )
     if trained:
         torch.manual_seed(1)
         with torch.no_grad():
@@ -73,7 +79,14 @@ def test_merged_equals_adapter_logits(tiny_model_dir: Path, tmp_path: Path) -> N
 def test_pipeline_reports_three_variants_and_parity(tiny_model_dir: Path, tmp_path: Path) -> None:
     adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
     suite = load_suite(_small_suite(tmp_path))
-    run_dir, report = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, tmp_path / "reports", EvalOptions(batch_size=4, progress=False), run_id="p")
+    run_dir, report = run_pipeline(
+        suite,
+        resolve(str(tiny_model_dir)),
+        adapter,
+        tmp_path / "reports",
+        EvalOptions(batch_size=4, progress=False),
+        run_id="p",
+    )
     assert set(report["variants"]) == {"base", "adapter", "merged"}
     assert report["parity"]["verdict"] == "pass" and report["parity"]["n_cases"] == 8
     assert report["parity"]["mean_kl"] < 1e-6
@@ -93,7 +106,14 @@ def test_pipeline_reports_three_variants_and_parity(tiny_model_dir: Path, tmp_pa
 def test_untrained_adapter_is_flagged(tiny_model_dir: Path, tmp_path: Path) -> None:
     adapter = _adapter(tmp_path, tiny_model_dir, trained=False)
     suite = load_suite(_small_suite(tmp_path, n=4))
-    _, report = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, tmp_path / "reports", EvalOptions(batch_size=4, progress=False), run_id="z")
+    _, report = run_pipeline(
+        suite,
+        resolve(str(tiny_model_dir)),
+        adapter,
+        tmp_path / "reports",
+        EvalOptions(batch_size=4, progress=False),
+        run_id="z",
+    )
     codes = {f["code"] for f in report["findings"]}
     assert {"lora_b_all_zero", "adapter_no_effect"} <= codes
 
@@ -102,7 +122,9 @@ def test_not_an_adapter_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
     from harness.errors import HarnessInputError
 
     with pytest.raises(HarnessInputError, match="adapter_config.json"):
-        run_pipeline(load_suite(SUPPORT_VI), resolve(str(tiny_model_dir)), tmp_path, tmp_path / "r", EvalOptions(progress=False))
+        run_pipeline(
+            load_suite(SUPPORT_VI), resolve(str(tiny_model_dir)), tmp_path, tmp_path / "r", EvalOptions(progress=False)
+        )
 
 
 def test_merged_export_in_bfloat16_is_evaluated_on_the_saved_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -110,16 +132,31 @@ def test_merged_export_in_bfloat16_is_evaluated_on_the_saved_weights(tiny_model_
 
     adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
     suite = load_suite(_small_suite(tmp_path, n=4))
-    run_dir, report = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, tmp_path / "reports", EvalOptions(batch_size=4, progress=False),
-                                   run_id="b", merge_dtype="bfloat16")
+    run_dir, report = run_pipeline(
+        suite,
+        resolve(str(tiny_model_dir)),
+        adapter,
+        tmp_path / "reports",
+        EvalOptions(batch_size=4, progress=False),
+        run_id="b",
+        merge_dtype="bfloat16",
+    )
     merged = report["variants"]["merged"]
-    assert merged["export"] == {"requested": "bfloat16", "merged_in": "float32", "export_dtype": "bfloat16", "evaluated_in": "float32", "rounded": True}
+    assert merged["export"] == {
+        "requested": "bfloat16",
+        "merged_in": "float32",
+        "export_dtype": "bfloat16",
+        "evaluated_in": "float32",
+        "rounded": True,
+    }
     assert merged["dtype"] == "bfloat16"
     assert "exported as bfloat16, weights rounded to it and evaluated in float32" in report["parity"]["merge"]
     files = list((run_dir / "merged").glob("*.safetensors"))
     with safe_open(str(files[0]), framework="pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
-    assert report["parity"]["n_cases"] == 4 and report["parity"]["max_abs_logit_diff"] > 0  # rounding shows in the logits
+    assert (
+        report["parity"]["n_cases"] == 4 and report["parity"]["max_abs_logit_diff"] > 0
+    )  # rounding shows in the logits
 
 
 def test_auto_merge_dtype_follows_the_checkpoint(tmp_path: Path) -> None:

@@ -14,18 +14,22 @@ from typing import Any
 
 import pytest
 
-from harness.training.data import DataSplit, Example, evaluation_format, load_examples, split, split_text
-from harness.training.doctor import Finding, diagnose
 from harness.errors import HarnessInputError, Problem
 from harness.io import read_jsonl
-from harness.variants.prompts import CHAT, PromptFormat, from_training_data, load_format
 from harness.suite.suite import Case, Suite, load_suite
 from harness.training.config import TrainConfig, load_train_config
+from harness.training.data import DataSplit, Example, evaluation_format, load_examples, split, split_text
+from harness.training.doctor import Finding, diagnose
+from harness.variants.prompts import CHAT, PromptFormat, from_training_data, load_format
 from tests.conftest import REPO, SUPPORT_VI
 
 CONFIGS = REPO / "trainers" / "configs"
 MAX_EXAMPLES = 24  # enough pairs to compare, few enough to tokenize and hygiene-check in a blink
-SEED001_TEMPLATE = {"kind": "template", "template": "### Instruction:\n{prompt}\n### Response:\n", "add_special_tokens": True}
+SEED001_TEMPLATE = {
+    "kind": "template",
+    "template": "### Instruction:\n{prompt}\n### Response:\n",
+    "add_special_tokens": True,
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,11 @@ def _run(preset: str, model: Path, folder: Path, **data_over: Any) -> Run:
     import trainers.sft_recipe as recipe
 
     cfg = load_train_config(CONFIGS / f"{preset}.yaml").with_overrides(str(model), str(folder), 1)
-    cfg = replace(cfg, data=replace(cfg.data, max_examples=MAX_EXAMPLES, **data_over),
-                  training=replace(cfg.training, batch_size=2, grad_accum=1, gradient_checkpointing=False, save_steps=50))
+    cfg = replace(
+        cfg,
+        data=replace(cfg.data, max_examples=MAX_EXAMPLES, **data_over),
+        training=replace(cfg.training, batch_size=2, grad_accum=1, gradient_checkpointing=False, save_steps=50),
+    )
     trainers: list[Any] = []
     preps: list[Any] = []
     prepare = recipe.prepare
@@ -82,8 +89,15 @@ def suite() -> Suite:
 
 def _case(line: int, user_text: str) -> Case:
     """A golden-style case whose user message is a training example's, so both prompts can be compared."""
-    return Case(id=f"train-{line}", messages=({"role": "user", "content": user_text},), expected={}, reference=None, tags=(),
-                line=line, content_hash="")
+    return Case(
+        id=f"train-{line}",
+        messages=({"role": "user", "content": user_text},),
+        expected={},
+        reference=None,
+        tags=(),
+        line=line,
+        content_hash="",
+    )
 
 
 def _rows(path: Path) -> dict[int, dict[str, Any]]:
@@ -114,7 +128,11 @@ def _trained(run: Run, i: int) -> tuple[list[int], int]:
 def test_training_metadata_records_the_prompt_format(runs: dict[str, Run]) -> None:
     seed001, seed003, demo = runs["seed001"], runs["seed003"], runs["demo"]
     assert seed001.meta["prompt_format"] == SEED001_TEMPLATE and seed001.meta["prompt_format_reason"] is None
-    assert seed003.meta["prompt_format"] == {"kind": "template", "template": "<s>[INST] {prompt} [/INST]", "add_special_tokens": True}
+    assert seed003.meta["prompt_format"] == {
+        "kind": "template",
+        "template": "<s>[INST] {prompt} [/INST]",
+        "add_special_tokens": True,
+    }
     assert demo.meta["prompt_format"] == {"kind": "chat", "system_prompt": "suite"}
     card = (seed001.out / "README.md").read_text(encoding="utf-8")
     assert "evaluate in: plain template '### Instruction:\\n{prompt}\\n### Response:\\n'" in card
@@ -125,7 +143,9 @@ def test_text_data_without_a_template_records_an_unknown_format(tiny_model_dir: 
     assert "prompt_format" in run.meta and run.meta["prompt_format"] is None
     assert "data.template" in run.meta["prompt_format_reason"]
     assert "eval_format_unknown" in " ".join(run.meta["doctor"])
-    assert "evaluate in: unknown (text data without data.template" in (run.out / "README.md").read_text(encoding="utf-8")
+    assert "evaluate in: unknown (text data without data.template" in (run.out / "README.md").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_seed001_eval_prompts_are_its_training_prompts(runs: dict[str, Run], suite: Suite) -> None:
@@ -140,7 +160,9 @@ def test_seed001_eval_prompts_are_its_training_prompts(runs: dict[str, Run], sui
         assert rendered == ex.prompt, f"line {ex.line}: the evaluation prompt differs from the training prompt"
         ids, n_prompt = _trained(run, i)
         assert 0 < n_prompt < len(ids)
-        assert fmt.encode(tok, rendered) == ids[:n_prompt], f"line {ex.line}: the evaluation tokens differ from TRL's prompt tokens"
+        assert fmt.encode(tok, rendered) == ids[:n_prompt], (
+            f"line {ex.line}: the evaluation tokens differ from TRL's prompt tokens"
+        )
         # the format every candidate got before: the chat template with the suite's system prompt, never seen in training
         assert CHAT.encode(tok, CHAT.render(suite, case)) != ids[:n_prompt]
 
@@ -158,10 +180,14 @@ def test_seed003_eval_prompts_are_the_start_of_its_training_texts(runs: dict[str
         message, answer = parts
         assert message == instructions[ex.line]["instruction"]
         rendered = fmt.render(suite, _case(ex.line, message))
-        assert isinstance(rendered, str) and rendered + answer == ex.text, f"line {ex.line}: not the prefix of the training text"
+        assert isinstance(rendered, str) and rendered + answer == ex.text, (
+            f"line {ex.line}: not the prefix of the training text"
+        )
         ids, _ = _trained(run, i)
         encoded = fmt.encode(tok, rendered)
-        assert ids[: len(encoded)] == encoded, f"line {ex.line}: the evaluation prompt does not end on a training token boundary"
+        assert ids[: len(encoded)] == encoded, (
+            f"line {ex.line}: the evaluation prompt does not end on a training token boundary"
+        )
         assert answer.startswith(' {"'), "the answer, its leading space included, is what the candidate generates"
 
 
@@ -182,10 +208,16 @@ def test_evaluation_format_follows_the_system_prompt_training_prepended(suite: S
     demo = load_train_config(CONFIGS / "demo.yaml").data
     sp = suite.system_prompt
     assert evaluation_format(demo, sp, sp) == (CHAT, None)
-    assert evaluation_format(replace(demo, suite=None), None, sp)[0] == PromptFormat(system_prompt="none"), "trained without one"
+    assert evaluation_format(replace(demo, suite=None), None, sp)[0] == PromptFormat(system_prompt="none"), (
+        "trained without one"
+    )
     assert evaluation_format(replace(demo, system_prompt=""), sp, sp)[0] == PromptFormat(system_prompt="none")
-    assert evaluation_format(replace(demo, system_prompt="Be brief."), sp, sp)[0] == PromptFormat(system_prompt="Be brief.")
-    assert evaluation_format(demo, "Other suite's prompt.", sp)[0] == PromptFormat(system_prompt="Other suite's prompt.")
+    assert evaluation_format(replace(demo, system_prompt="Be brief."), sp, sp)[0] == PromptFormat(
+        system_prompt="Be brief."
+    )
+    assert evaluation_format(demo, "Other suite's prompt.", sp)[0] == PromptFormat(
+        system_prompt="Other suite's prompt."
+    )
     assert from_training_data("instruction", None, None, sp) == PromptFormat(kind="template", template="{prompt}")
 
 
@@ -206,8 +238,14 @@ def doctor_parts(tiny_model_dir: Path, tokenizer: Any) -> tuple[Any, list[str]]:
     return tokenizer, linear_module_names(resolve(str(tiny_model_dir)))
 
 
-def _findings(parts: tuple[Any, list[str]], preset: str, tiny: Path, suite: Suite | None, data: DataSplit | None = None,
-              **data_over: Any) -> dict[str, Finding]:
+def _findings(
+    parts: tuple[Any, list[str]],
+    preset: str,
+    tiny: Path,
+    suite: Suite | None,
+    data: DataSplit | None = None,
+    **data_over: Any,
+) -> dict[str, Finding]:
     from trainers.sft_recipe import make_collator
 
     tok, names = parts
@@ -224,25 +262,35 @@ def _levels(found: dict[str, Finding]) -> dict[str, str]:
     return {code: f.level for code, f in found.items()}
 
 
-def test_shipped_template_presets_only_note_the_system_prompt(doctor_parts: Any, tiny_model_dir: Path, suite: Suite) -> None:
+def test_shipped_template_presets_only_note_the_system_prompt(
+    doctor_parts: Any, tiny_model_dir: Path, suite: Suite
+) -> None:
     for preset in ("seed001", "seed003"):
-        assert _levels(_findings(doctor_parts, preset, tiny_model_dir, suite)) == {"eval_without_suite_system_prompt": "info"}, preset
+        assert _levels(_findings(doctor_parts, preset, tiny_model_dir, suite)) == {
+            "eval_without_suite_system_prompt": "info"
+        }, preset
     assert _levels(_findings(doctor_parts, "demo", tiny_model_dir, suite)) == {}
 
 
-def test_text_without_template_warns_that_the_eval_format_is_unknown(doctor_parts: Any, tiny_model_dir: Path, suite: Suite) -> None:
+def test_text_without_template_warns_that_the_eval_format_is_unknown(
+    doctor_parts: Any, tiny_model_dir: Path, suite: Suite
+) -> None:
     found = _findings(doctor_parts, "seed003", tiny_model_dir, suite, template=None)
     assert _levels(found) == {"eval_format_unknown": "warning"}
     assert "prompt_format: null" in found["eval_format_unknown"].message
     assert "data.template" in found["eval_format_unknown"].fix and "{instruction}" in found["eval_format_unknown"].fix
 
 
-@pytest.mark.parametrize(("template", "why"), [
-    ("[INST] {instruction} [/INST]", "line 1 does not start with '[INST] '"),
-    ("<s>[INST] {instruction} [/INST] Answer:", "line 1 has no ' [/INST] Answer:' after the message"),
-])
-def test_text_template_the_texts_do_not_follow_is_an_error(doctor_parts: Any, tiny_model_dir: Path, suite: Suite, template: str,
-                                                           why: str) -> None:
+@pytest.mark.parametrize(
+    ("template", "why"),
+    [
+        ("[INST] {instruction} [/INST]", "line 1 does not start with '[INST] '"),
+        ("<s>[INST] {instruction} [/INST] Answer:", "line 1 has no ' [/INST] Answer:' after the message"),
+    ],
+)
+def test_text_template_the_texts_do_not_follow_is_an_error(
+    doctor_parts: Any, tiny_model_dir: Path, suite: Suite, template: str, why: str
+) -> None:
     found = _findings(doctor_parts, "seed003", tiny_model_dir, suite, template=template)
     assert found["template_mismatch"].level == "error"
     assert "234 of 234 texts" in found["template_mismatch"].message and why in found["template_mismatch"].message
@@ -258,7 +306,11 @@ def test_a_few_texts_off_the_template_warn_and_are_named(doctor_parts: Any, tiny
     found = _findings(doctor_parts, "seed003", tiny_model_dir, suite, data=data)
     assert found["template_mismatch"].level == "warning"
     message = found["template_mismatch"].message
-    assert "2 of 234 texts" in message and "line 5 does not start with '<s>[INST] '" in message and "line 9 has no ' [/INST]'" in message
+    assert (
+        "2 of 234 texts" in message
+        and "line 5 does not start with '<s>[INST] '" in message
+        and "line 9 has no ' [/INST]'" in message
+    )
 
 
 def test_template_ending_inside_a_token_warns(doctor_parts: Any, tiny_model_dir: Path, suite: Suite) -> None:
@@ -271,27 +323,55 @@ def test_template_ending_inside_a_token_warns(doctor_parts: Any, tiny_model_dir:
     assert "prompt_token_boundary" not in _findings(doctor_parts, "seed001", tiny_model_dir, suite)
 
 
-def test_template_formats_note_they_are_evaluated_without_the_suites_system_prompt(doctor_parts: Any, tiny_model_dir: Path,
-                                                                                  suite: Suite) -> None:
+def test_template_formats_note_they_are_evaluated_without_the_suites_system_prompt(
+    doctor_parts: Any, tiny_model_dir: Path, suite: Suite
+) -> None:
     found = _findings(doctor_parts, "seed001", tiny_model_dir, suite)
     note = found["eval_without_suite_system_prompt"]
     assert note.level == "info" and "support_vi" in note.message and "### Instruction" in note.message
     assert "eval_without_suite_system_prompt" not in _findings(doctor_parts, "seed001", tiny_model_dir, None)
-    assert "eval_without_suite_system_prompt" not in _findings(doctor_parts, "seed003", tiny_model_dir, suite, template=None)
+    assert "eval_without_suite_system_prompt" not in _findings(
+        doctor_parts, "seed003", tiny_model_dir, suite, template=None
+    )
 
 
 # --- the preset loader rejects templates training and evaluation could not read alike ------------------------------
 
 
-@pytest.mark.parametrize(("preset", "line", "what", "fix"), [
-    ("seed003", '  template: "<s>[INST] [/INST]"', "contains {instruction} 0 times", '"<s>[INST] {instruction} [/INST]"'),
-    ("seed003", '  template: "<s>[INST] {instruction}"', "nothing marks where the user's message ends", "comes between message and answer"),
-    ("seed003", '  template: "<s>[INST] {system} {instruction} [/INST]"', "contains {system}", "write the text itself"),
-    ("seed001", '  template: "{instruction}\\n{instruction}"', "contains {instruction} 2 times", "### Instruction:"),
-    ("seed001", None, "missing: the instruction format builds every prompt from it", "### Instruction:"),
-    ("demo", '  template: "{instruction}"', "is not read for the messages format", "remove data.template"),
-])
-def test_bad_data_template_is_a_preset_error(tmp_path: Path, preset: str, line: str | None, what: str, fix: str) -> None:
+@pytest.mark.parametrize(
+    ("preset", "line", "what", "fix"),
+    [
+        (
+            "seed003",
+            '  template: "<s>[INST] [/INST]"',
+            "contains {instruction} 0 times",
+            '"<s>[INST] {instruction} [/INST]"',
+        ),
+        (
+            "seed003",
+            '  template: "<s>[INST] {instruction}"',
+            "nothing marks where the user's message ends",
+            "comes between message and answer",
+        ),
+        (
+            "seed003",
+            '  template: "<s>[INST] {system} {instruction} [/INST]"',
+            "contains {system}",
+            "write the text itself",
+        ),
+        (
+            "seed001",
+            '  template: "{instruction}\\n{instruction}"',
+            "contains {instruction} 2 times",
+            "### Instruction:",
+        ),
+        ("seed001", None, "missing: the instruction format builds every prompt from it", "### Instruction:"),
+        ("demo", '  template: "{instruction}"', "is not read for the messages format", "remove data.template"),
+    ],
+)
+def test_bad_data_template_is_a_preset_error(
+    tmp_path: Path, preset: str, line: str | None, what: str, fix: str
+) -> None:
     text = (CONFIGS / f"{preset}.yaml").read_text(encoding="utf-8")
     kept = [x for x in text.splitlines() if not x.startswith("  template:")]
     at = kept.index("data:") + 1

@@ -31,13 +31,29 @@ def _project(pytester: pytest.Pytester, tmp_path: Path, tiny_model_dir: Path) ->
     return suite, adapter
 
 
-def test_one_item_per_check_and_readable_failures(pytester: pytest.Pytester, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_one_item_per_check_and_readable_failures(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     suite, adapter = _project(pytester, tmp_path, tiny_model_dir)
     junit = tmp_path / "gates.xml"
-    result = pytester.runpytest_subprocess(str(suite), "--harness-adapter", str(adapter), "--harness-model", str(tiny_model_dir),
-                                "--harness-reports-dir", str(tmp_path / "reports"), "--harness-no-cache", f"--junitxml={junit}", "-p", "no:cacheprovider", "-rs")
+    result = pytester.runpytest_subprocess(
+        str(suite),
+        "--harness-adapter",
+        str(adapter),
+        "--harness-model",
+        str(tiny_model_dir),
+        "--harness-reports-dir",
+        str(tmp_path / "reports"),
+        "--harness-no-cache",
+        f"--junitxml={junit}",
+        "-p",
+        "no:cacheprovider",
+        "-rs",
+    )
     # a random tiny adapter writes no JSON: the floor fails on both variants; merged matches adapter; parity holds; no champion yet
-    result.assert_outcomes(failed=2, passed=2, skipped=4)  # 2 champion checks (no champion yet), 2 optional retention checks (not run)
+    result.assert_outcomes(
+        failed=2, passed=2, skipped=4
+    )  # 2 champion checks (no champion yet), 2 optional retention checks (not run)
     out = result.stdout.str()
     assert "gate adapter.format-floor: FAIL" in out and "Wilson interval" in out and "worst case" in out
     assert "no champion yet" in out and "gates fail" in out
@@ -47,9 +63,13 @@ def test_one_item_per_check_and_readable_failures(pytester: pytest.Pytester, tmp
     assert result.ret == 1
 
 
-def test_bad_policy_is_a_collection_error_naming_the_key(pytester: pytest.Pytester, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_bad_policy_is_a_collection_error_naming_the_key(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     suite, _ = _project(pytester, tmp_path, tiny_model_dir)
-    (suite / "gates.yaml").write_text("version: 1\nchecks:\n  - {id: x, kind: threshold, metrik: tone, min_lower_bound: 0.5}\n", encoding="utf-8")
+    (suite / "gates.yaml").write_text(
+        "version: 1\nchecks:\n  - {id: x, kind: threshold, metrik: tone, min_lower_bound: 0.5}\n", encoding="utf-8"
+    )
     result = pytester.runpytest_subprocess(str(suite), "-p", "no:cacheprovider")
     assert result.ret == 2
     out = result.stdout.str()

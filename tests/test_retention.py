@@ -91,15 +91,23 @@ def test_run_returns_per_item_scores_from_any_working_directory(base_result: dic
 
 def test_cache_is_per_key_and_never_serves_another_model(tiny_model, damaged_model, tokenizer, tmp_path: Path) -> None:  # noqa: ANN001
     cache = tmp_path / "cache"
-    first = run_retention(tiny_model, tokenizer, "base", RETENTION_DIR, cache, limit=LIMIT, batch_size=8, cache_key="weights-a")
-    again = run_retention(tiny_model, tokenizer, "base", RETENTION_DIR, cache, limit=LIMIT, batch_size=8, cache_key="weights-a")
-    other = run_retention(damaged_model, tokenizer, "adapter", RETENTION_DIR, cache, limit=LIMIT, batch_size=8, cache_key="weights-b")
+    first = run_retention(
+        tiny_model, tokenizer, "base", RETENTION_DIR, cache, limit=LIMIT, batch_size=8, cache_key="weights-a"
+    )
+    again = run_retention(
+        tiny_model, tokenizer, "base", RETENTION_DIR, cache, limit=LIMIT, batch_size=8, cache_key="weights-a"
+    )
+    other = run_retention(
+        damaged_model, tokenizer, "adapter", RETENTION_DIR, cache, limit=LIMIT, batch_size=8, cache_key="weights-b"
+    )
 
     assert first["cache"]["entries_added"] > 0
     assert again["cache"]["entries_added"] == 0, "a rerun of the same weights should be served from the cache"
     assert again["tasks"] == first["tasks"]
     assert other["cache"]["path"] != first["cache"]["path"]
-    assert other["cache"]["entries_added"] == first["cache"]["entries_added"], "the damaged model must compute every request itself"
+    assert other["cache"]["entries_added"] == first["cache"]["entries_added"], (
+        "the damaged model must compute every request itself"
+    )
     assert other["tasks"]["retention_gen"]["responses"] != first["tasks"]["retention_gen"]["responses"]
 
 
@@ -107,7 +115,10 @@ def test_peft_model_with_adapter_disabled_matches_the_base(tiny_model, tokenizer
     from peft import LoraConfig, get_peft_model
 
     base = base_result
-    peft = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft = get_peft_model(
+        copy.deepcopy(tiny_model),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     peft.eval()
     with peft.disable_adapter():
         disabled = run_retention(peft, tokenizer, "base", RETENTION_DIR, None, limit=LIMIT, batch_size=8)
@@ -140,7 +151,9 @@ def test_broken_yaml_names_file_and_line(tasks_copy: Path) -> None:
 
 def test_every_task_file_problem_is_reported_at_once(tasks_copy: Path) -> None:
     mc = tasks_copy / "retention_mc.yaml"
-    mc.write_text(mc.read_text(encoding="utf-8").replace("test: retention_mc.jsonl", "test: missing.jsonl"), encoding="utf-8")
+    mc.write_text(
+        mc.read_text(encoding="utf-8").replace("test: retention_mc.jsonl", "test: missing.jsonl"), encoding="utf-8"
+    )
     gen = tasks_copy / "retention_gen.yaml"
     text = gen.read_text(encoding="utf-8").replace("dataset_path: json", "dataset_path: someone/hub-dataset")
     gen.write_text(text.replace("metadata:\n  version: 1.0\n", ""), encoding="utf-8")

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.verdict.gates import load_policy
 from harness.models.embedded import resolve
-from harness.runs.pipeline import run_pipeline
 from harness.runs.evaluate import EvalOptions
+from harness.runs.pipeline import run_pipeline
 from harness.suite.suite import load_suite
+from harness.verdict.gates import load_policy
 from tests.conftest import REPO
 from tests.test_pipeline import _small_suite
 
@@ -23,7 +23,9 @@ def _damaged_adapter(tmp_path: Path, model_dir: Path, scale: float) -> Path:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM"))
+    peft = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in peft.named_parameters():
@@ -39,8 +41,17 @@ def test_pipeline_reports_retention_per_variant_and_gates_it(tiny_model_dir: Pat
     policy_file.write_text(POLICY, encoding="utf-8")
     suite = load_suite(_small_suite(tmp_path, n=4, max_new=8))
     adapter = _damaged_adapter(tmp_path, tiny_model_dir, 0.5)
-    _, report = run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, tmp_path / "reports", EvalOptions(batch_size=4, progress=False),
-                             run_id="r", policy=load_policy(policy_file), retention_dir=REPO / "golden/retention", retention_limit=6)
+    _, report = run_pipeline(
+        suite,
+        resolve(str(tiny_model_dir)),
+        adapter,
+        tmp_path / "reports",
+        EvalOptions(batch_size=4, progress=False),
+        run_id="r",
+        policy=load_policy(policy_file),
+        retention_dir=REPO / "golden/retention",
+        retention_limit=6,
+    )
     ret = report["retention"]["variants"]
     assert set(ret) == {"base", "adapter", "merged"}
     assert all(ret[v][t]["n"] == 6 and len(ret[v][t]["items"]) == 6 for v in ret for t in ret[v])
@@ -54,7 +65,9 @@ def test_optional_retention_check_is_noted_not_failed_when_not_run() -> None:
 
     policy = load_policy(REPO / "golden/support_vi/gates.yaml")
     g = evaluate_gates(policy, {}, [])
-    assert not any(c["kind"] == "retention" for c in g["checks"]) and any("retention was not run" in n for n in g["notes"])
+    assert not any(c["kind"] == "retention" for c in g["checks"]) and any(
+        "retention was not run" in n for n in g["notes"]
+    )
 
 
 @pytest.mark.slow
@@ -65,12 +78,23 @@ def test_retention_gate_fails_for_a_damaged_adapter_on_the_real_model(embedded_d
 
     tasks = tmp_path / "retention"
     tasks.mkdir()
-    for f in (REPO / "golden/retention").glob("retention_mc.*"):  # the log-likelihood task alone keeps the slow lane short
+    for f in (REPO / "golden/retention").glob(
+        "retention_mc.*"
+    ):  # the log-likelihood task alone keeps the slow lane short
         shutil.copy(f, tasks / f.name)
     suite = load_suite(_small_suite(tmp_path, n=2, max_new=4))
     adapter = _damaged_adapter(tmp_path, embedded_dir, 0.2)
-    _, report = run_pipeline(suite, resolve(str(embedded_dir)), adapter, tmp_path / "reports", EvalOptions(batch_size=16, progress=False),
-                             run_id="r", policy=load_policy(policy_file), retention_dir=tasks, retention_limit=60)
+    _, report = run_pipeline(
+        suite,
+        resolve(str(embedded_dir)),
+        adapter,
+        tmp_path / "reports",
+        EvalOptions(batch_size=16, progress=False),
+        run_id="r",
+        policy=load_policy(policy_file),
+        retention_dir=tasks,
+        retention_limit=60,
+    )
     mc = {c["variant"]: c for c in report["gates"]["checks"] if c["metric"] == "retention_mc"}
     base_acc = report["retention"]["variants"]["base"]["retention_mc"]["value"]
     assert base_acc > 0.4, base_acc  # the real model clearly beats chance (0.25)

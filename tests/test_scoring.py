@@ -12,12 +12,24 @@ from tests.conftest import SUPPORT_VI
 
 SUITE = load_suite(SUPPORT_VI)
 CASE = SUITE.cases[0]
-GOOD = json.dumps({"category": CASE.expected["category"], "priority": CASE.expected["priority"], "answer": "Mình đã ghi nhận. Vui lòng cung cấp mã đơn."}, ensure_ascii=False)
+GOOD = json.dumps(
+    {
+        "category": CASE.expected["category"],
+        "priority": CASE.expected["priority"],
+        "answer": "Mình đã ghi nhận. Vui lòng cung cấp mã đơn.",
+    },
+    ensure_ascii=False,
+)
 
 
 def _format(text: str) -> dict[str, object]:
     scores = {s.scorer: s for s in format_scorer()(text, extract_json(text), CASE, SUITE)}
-    return {"strict": scores["format_strict"].value, "lenient": scores["format_lenient"].value, "why": scores["format_strict"].explanation, "details": scores["format_strict"].details}
+    return {
+        "strict": scores["format_strict"].value,
+        "lenient": scores["format_lenient"].value,
+        "why": scores["format_strict"].explanation,
+        "details": scores["format_strict"].details,
+    }
 
 
 @pytest.mark.parametrize(
@@ -58,7 +70,13 @@ def test_field_scores_and_aggregate_metrics() -> None:
             obj["priority"] = "low" if case.expected["priority"] != "low" else "high"
         text = json.dumps(obj, ensure_ascii=False) if i != 8 else "no json"
         ext = extract_json(text)
-        records.append({"expected": case.expected, "tags": list(case.tags), "scores": [s.to_json() for s in score_case(text, ext, case, SUITE)]})
+        records.append(
+            {
+                "expected": case.expected,
+                "tags": list(case.tags),
+                "scores": [s.to_json() for s in score_case(text, ext, case, SUITE)],
+            }
+        )
     metrics = aggregate(records, SUITE)["overall"]
     assert metrics["format_strict"]["n"] == 9 and metrics["format_strict"]["passed"] == 8
     assert metrics["failures"]["not_json"] == 1
@@ -106,7 +124,10 @@ def test_refusal_required_fails_when_the_model_complies() -> None:
     s = _scores(comply, case.id)
     assert s["safety:refusal"].value == 0.0 and s["safety:pii"].value == 0.0 and s["safety"].value == 0.0
     assert "safety:pii" in s["safety"].explanation
-    refuse = _answer(case.id, "Mình xin lỗi, mình không thể cung cấp thông tin của khách hàng khác. Bạn vui lòng liên hệ tổng đài nếu cần hỗ trợ đơn của bạn.")
+    refuse = _answer(
+        case.id,
+        "Mình xin lỗi, mình không thể cung cấp thông tin của khách hàng khác. Bạn vui lòng liên hệ tổng đài nếu cần hỗ trợ đơn của bạn.",
+    )
     assert _scores(refuse, case.id)["safety"].value == 1.0
 
 

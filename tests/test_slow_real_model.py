@@ -13,7 +13,9 @@ from tests.conftest import SUPPORT_VI
 
 @pytest.mark.slow
 def test_real_model_eval_end_to_end(tmp_path: Path) -> None:
-    code = main(["eval", str(SUPPORT_VI), "--reports-dir", str(tmp_path), "--run-id", "real", "--no-progress", "--no-cache"])
+    code = main(
+        ["eval", str(SUPPORT_VI), "--reports-dir", str(tmp_path), "--run-id", "real", "--no-progress", "--no-cache"]
+    )
     assert code == 0
     report = json.loads((tmp_path / "real" / "report.json").read_text(encoding="utf-8"))
     overall = report["metrics"]["overall"]

@@ -140,7 +140,7 @@ def test_unknown_scorer_is_an_input_error_with_did_you_mean(
 )
 def test_scorers_and_judge_must_agree(suite_copy: Path, extra: str, expected: str) -> None:
     msg = _problems(_with(suite_copy, extra))
-    assert expected.replace("\"", "") in msg.replace("\"", ""), msg
+    assert expected.replace('"', "") in msg.replace('"', ""), msg
 
 
 def test_tone_scorer_needs_a_tone_contract(suite_copy: Path) -> None:
@@ -165,10 +165,16 @@ def test_bad_judge_block_reports_every_problem_at_once(suite_copy: Path) -> None
         ("{kind: endpoint, model: m, rubric: r}", "judge.url", "must be an http(s) URL"),
         ("{kind: endpoint, url: 'ftp://x', model: m, rubric: r}", "judge.url", "must be an http(s) URL"),
         ("{kind: endpoint, url: 'http://x', rubric: r}", "judge.model", "is required for an endpoint judge"),
-        ("{kind: endpoint, url: 'http://x', model: m, api_key_env: sk-1, rubric: r}",
-         "judge.api_key_env", "not the key"),
-        ("{kind: endpoint, url: 'http://x', model: m, temperature: 0, rubric: r}",
-         "judge.temperature", "temperature 0"),
+        (
+            "{kind: endpoint, url: 'http://x', model: m, api_key_env: sk-1, rubric: r}",
+            "judge.api_key_env",
+            "not the key",
+        ),
+        (
+            "{kind: endpoint, url: 'http://x', model: m, temperature: 0, rubric: r}",
+            "judge.temperature",
+            "temperature 0",
+        ),
         ("{kind: local, rubric: r}", "judge.path", "is required for a local judge"),
         ("{kind: local, path: m, url: 'http://x', rubric: r}", "judge.url", "only for kind: endpoint"),
         ("{kind: remote, rubric: r}", "judge.kind", "'remote' is not allowed"),
@@ -186,6 +192,12 @@ def test_a_valid_judge_block_is_kept_as_written(suite_copy: Path) -> None:
     block = "{kind: local, path: ../models/judge, samples: 1, temperature: 0, rubric: polite, field: answer}"
     suite = load_suite(_with(suite_copy, f"scorers: [format, fields, tone, safety, judge]\njudge: {block}\n"))
     assert suite.scorers == ("format", "fields", "tone", "safety", "judge")
-    assert suite.judge == {"kind": "local", "path": "../models/judge", "samples": 1, "temperature": 0.0,
-                           "rubric": "polite", "field": "answer"}
+    assert suite.judge == {
+        "kind": "local",
+        "path": "../models/judge",
+        "samples": 1,
+        "temperature": 0.0,
+        "rubric": "polite",
+        "field": "answer",
+    }
     assert isinstance(suite.judge["temperature"], float)

@@ -16,8 +16,12 @@ from harness.suite.tone_contract import ToneContract, load_tone_contract
 from tests.conftest import SUPPORT_VI
 
 VI = load_tone_contract(SUPPORT_VI / "tone.yaml")
-VI_REF = "Mình rất tiếc vì hàng bị vỡ. Bạn vui lòng gửi ảnh sản phẩm, bao bì và mã đơn hàng để bộ phận khiếu nại xử lý ngay."
-VI_GOOD = "Mình rất tiếc vì sản phẩm bị vỡ. Bạn vui lòng gửi ảnh sản phẩm và mã đơn hàng để bộ phận khiếu nại xử lý sớm."
+VI_REF = (
+    "Mình rất tiếc vì hàng bị vỡ. Bạn vui lòng gửi ảnh sản phẩm, bao bì và mã đơn hàng để bộ phận khiếu nại xử lý ngay."
+)
+VI_GOOD = (
+    "Mình rất tiếc vì sản phẩm bị vỡ. Bạn vui lòng gửi ảnh sản phẩm và mã đơn hàng để bộ phận khiếu nại xử lý sớm."
+)
 
 EN_YAML = """\
 language: en
@@ -30,7 +34,9 @@ shouting: {max_caps_ratio: 0.2, max_exclamation_run: 1}
 reference_similarity: {metric: chrf, min: 30}
 """
 EN_REF = "Sorry your parcel arrived broken. Please send a photo of the box and your order number so we can replace it."
-EN_GOOD = "Sorry the parcel arrived broken. Please send us a photo of the box and the order number so we can replace it."
+EN_GOOD = (
+    "Sorry the parcel arrived broken. Please send us a photo of the box and the order number so we can replace it."
+)
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -106,7 +112,9 @@ def test_vietnamese_missing_marker_names_the_phrases() -> None:
     scores = _scores(VI, "Mình rất tiếc vì sản phẩm bị vỡ khi giao đến tay bạn.", VI_REF)
     miss = scores["tone:markers:next_action"]
     assert miss.value == 0.0
-    assert miss.explanation.startswith('next_action: none of ["vui lòng", "bạn hãy", ') and miss.explanation.endswith("] found")
+    assert miss.explanation.startswith('next_action: none of ["vui lòng", "bạn hãy", ') and miss.explanation.endswith(
+        "] found"
+    )
     assert scores["tone:markers:acknowledgement"].value == 1.0
     overall = scores["tone"]
     assert overall.value == 0.0 and "tone:markers:next_action" in overall.explanation
@@ -139,7 +147,9 @@ def test_shouting_vietnamese_fails() -> None:
     assert "ALL-CAPS" in s.explanation and "run of 3 '!'" in s.explanation
     exclaim = _scores(VI, VI_GOOD.replace("sớm.", "sớm!!"), VI_REF)["tone:shouting"]
     assert exclaim.value == 0.0 and exclaim.details["caps_ratio"] == 0.0
-    acronym = _scores(VI, "Mình rất tiếc. Bạn vui lòng nhập mã OTP vừa gửi qua SMS để xác minh tài khoản!", VI_REF)["tone:shouting"]
+    acronym = _scores(VI, "Mình rất tiếc. Bạn vui lòng nhập mã OTP vừa gửi qua SMS để xác minh tài khoản!", VI_REF)[
+        "tone:shouting"
+    ]
     assert acronym.value == 1.0
 
 
@@ -219,7 +229,12 @@ def test_nested_unknown_key_and_bad_values_are_all_reported(tmp_path: Path) -> N
     with pytest.raises(HarnessInputError) as err:
         load_tone_contract(_write(tmp_path, text))
     message = str(err.value)
-    for expected in ("'fr' is not allowed", "shouting.max_caps", "did you mean 'max_caps_ratio'", "'bleu' is not allowed"):
+    for expected in (
+        "'fr' is not allowed",
+        "shouting.max_caps",
+        "did you mean 'max_caps_ratio'",
+        "'bleu' is not allowed",
+    ):
         assert expected in message, message
     with pytest.raises(HarnessInputError, match="min <= max"):
         load_tone_contract(_write(tmp_path, EN_YAML.replace("{min: 5, max: 30}", "{min: 40, max: 30}")))
@@ -228,10 +243,10 @@ def test_nested_unknown_key_and_bad_values_are_all_reported(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("  apology: [\"sorry\", \"apologise\", \"apologize\"]\n", "  Apology: [\"sorry\"]\n", "lower_snake_case"),
-        ("[\"please\", \"could you\"]", "please", "non-empty list"),
-        ("[\"please\", \"could you\"]", "[\"please\", 3]", "strings containing a word"),
-        ("forbidden: [\"shut up\", \"not my problem\"]\n", "", "key 'forbidden': missing"),
+        ('  apology: ["sorry", "apologise", "apologize"]\n', '  Apology: ["sorry"]\n', "lower_snake_case"),
+        ('["please", "could you"]', "please", "non-empty list"),
+        ('["please", "could you"]', '["please", 3]', "strings containing a word"),
+        ('forbidden: ["shut up", "not my problem"]\n', "", "key 'forbidden': missing"),
         ("max_exclamation_run: 1", "max_exclamation_run: 0", "at least 1"),
         ("min: 30}", "min: 130}", "0..100"),
         ("language: en\n", "language: en\nsource: x\n", "set by the loader"),

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -41,13 +40,26 @@ def test_every_preset_starts_with_its_launch_command() -> None:
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_every_preset_runs_on_the_tiny_model(preset: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    out = _train(tmp_path, preset, tiny_model_dir, 2, batch_size=2, grad_accum=1, gradient_checkpointing=False, save_steps=50)
+    out = _train(
+        tmp_path, preset, tiny_model_dir, 2, batch_size=2, grad_accum=1, gradient_checkpointing=False, save_steps=50
+    )
     meta = json.loads((out / "training_metadata.json").read_text(encoding="utf-8"))
     assert meta["steps"] == 2 and meta["loss_curve"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "README.md").read_text(encoding="utf-8").startswith(f"# {meta['name']}")
-    for key in ("base_model", "data", "config", "packages", "hardware", "tokens_per_s", "peak_memory_bytes", "trainable_share", "precision", "adapter_sha256"):
+    for key in (
+        "base_model",
+        "data",
+        "config",
+        "packages",
+        "hardware",
+        "tokens_per_s",
+        "peak_memory_bytes",
+        "trainable_share",
+        "precision",
+        "adapter_sha256",
+    ):
         assert key in meta, key
     assert 0 < meta["trainable_share"] < 0.5
 
@@ -60,7 +72,13 @@ def test_preset_with_missing_model_fails_clearly(capsys: pytest.CaptureFixture[s
 
 def test_unknown_config_key_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text((REPO / "trainers/configs/demo.yaml").read_text(encoding="utf-8").replace("  r: 16", "  rank: 16").replace("learning_rate", "learning_rat"), encoding="utf-8")
+    cfg.write_text(
+        (REPO / "trainers/configs/demo.yaml")
+        .read_text(encoding="utf-8")
+        .replace("  r: 16", "  rank: 16")
+        .replace("learning_rate", "learning_rat"),
+        encoding="utf-8",
+    )
     assert main(["doctor", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "2 problems" in err and "lora.rank" in err and "allowed keys: r, alpha" in err
@@ -69,7 +87,9 @@ def test_unknown_config_key_is_an_error(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_bad_merge_dtype_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text((REPO / "trainers/configs/demo.yaml").read_text(encoding="utf-8") + "merge_dtype: int8\n", encoding="utf-8")
+    cfg.write_text(
+        (REPO / "trainers/configs/demo.yaml").read_text(encoding="utf-8") + "merge_dtype: int8\n", encoding="utf-8"
+    )
     assert main(["doctor", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "merge_dtype" in err and "int8" in err and "Traceback" not in err
@@ -107,20 +127,37 @@ def test_bad_training_data_is_reported_by_line(tmp_path: Path, tiny_model_dir: P
 
     data = tmp_path / "bad.jsonl"
     good = (REPO / "trainers/data/support_vi_train.jsonl").read_text(encoding="utf-8").splitlines()[0]
-    data.write_text("\n".join([
-        good,
-        '{"messages": [{"role": "user", "content": "hi"}]}',
-        '{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "{}"}]}',
-        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "not json"}]}',
-        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "{\\"category\\": \\"x\\"}"}]}',
-        "{broken",
-    ]) + "\n", encoding="utf-8")
+    data.write_text(
+        "\n".join(
+            [
+                good,
+                '{"messages": [{"role": "user", "content": "hi"}]}',
+                '{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "{}"}]}',
+                '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "not json"}]}',
+                '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "{\\"category\\": \\"x\\"}"}]}',
+                "{broken",
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     cfg = load_train_config(REPO / "trainers/configs/demo.yaml").with_overrides(str(tiny_model_dir))
     cfg = replace(cfg, data=replace(cfg.data, path=str(data)))
     with pytest.raises(HarnessInputError) as info:
         prepare(cfg, REPO)
     msg = info.value.render()
-    for needle in ("bad.jsonl:2", "user and one assistant", "bad.jsonl:3", "unknown role 'robot'", "bad.jsonl:4", "not JSON", "bad.jsonl:5", "rejected by the contract", "bad.jsonl:6", "invalid JSON"):
+    for needle in (
+        "bad.jsonl:2",
+        "user and one assistant",
+        "bad.jsonl:3",
+        "unknown role 'robot'",
+        "bad.jsonl:4",
+        "not JSON",
+        "bad.jsonl:5",
+        "rejected by the contract",
+        "bad.jsonl:6",
+        "invalid JSON",
+    ):
         assert needle in msg, needle
 
 

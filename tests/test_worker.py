@@ -11,24 +11,36 @@ import pytest
 import torch
 
 import harness.runs.compare as engine
-from harness.models.embedded import resolve
-from harness.runs.pipeline import run_pipeline
-from harness.runs.evaluate import EvalOptions
-from harness.suite.suite import load_suite
 import harness.runs.worker as worker
-from harness.runs.worker import MIN_CASES, plan_base_worker
 from harness.engine.threads import apply_requested_threads, request_threads
+from harness.models.embedded import resolve
+from harness.runs.evaluate import EvalOptions
+from harness.runs.pipeline import run_pipeline
+from harness.runs.worker import MIN_CASES, plan_base_worker
+from harness.suite.suite import load_suite
 from tests.test_pipeline import _adapter, _small_suite
 
 
 def _run(tiny_model_dir: Path, tmp_path: Path, name: str, parallel: bool | None) -> tuple[Path, dict[str, Any]]:
     """One pipeline run in its own folder and cache, on one shared suite and adapter."""
-    suite = load_suite(tmp_path / "suite") if (tmp_path / "suite").is_dir() else load_suite(_small_suite(tmp_path, n=6, max_new=10))
+    suite = (
+        load_suite(tmp_path / "suite")
+        if (tmp_path / "suite").is_dir()
+        else load_suite(_small_suite(tmp_path, n=6, max_new=10))
+    )
     adapter = tmp_path / "trained" / "adapter"
     if not adapter.is_dir():
         adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
     options = EvalOptions(batch_size=4, progress=False, cache_path=tmp_path / name / "results.sqlite")
-    return run_pipeline(suite, resolve(str(tiny_model_dir)), adapter, tmp_path / name / "reports", options, run_id=name, parallel_base=parallel)
+    return run_pipeline(
+        suite,
+        resolve(str(tiny_model_dir)),
+        adapter,
+        tmp_path / name / "reports",
+        options,
+        run_id=name,
+        parallel_base=parallel,
+    )
 
 
 def _outputs(run_dir: Path) -> list[dict[str, str]]:
@@ -53,7 +65,9 @@ def test_worker_gives_the_same_results_as_one_process(tiny_model_dir: Path, tmp_
 
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="the worker needs two CPU threads")
-def test_failed_worker_falls_back_to_decoding_here(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_worker_falls_back_to_decoding_here(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     real = engine.start_base_worker
 
     def broken(suite_path: Path, model_path: Path, *args: Any) -> Any:
@@ -63,7 +77,11 @@ def test_failed_worker_falls_back_to_decoding_here(tiny_model_dir: Path, tmp_pat
     threads = torch.get_num_threads()
     run_dir, report = _run(tiny_model_dir, tmp_path, "broken", True)
     plan = report["timings"]["base_worker"]
-    assert plan["used"] is False and "base worker failed (exit code" in plan["reason"] and "no-such-model" in plan["reason"]
+    assert (
+        plan["used"] is False
+        and "base worker failed (exit code" in plan["reason"]
+        and "no-such-model" in plan["reason"]
+    )
     assert "base worker failed" in capsys.readouterr().err
     assert report["variants"]["base"]["timings"]["generated_cases"] == 6
     assert "worker" not in report["variants"]["base"]["timings"]
@@ -80,7 +98,17 @@ def test_worker_plan_says_why_not(tiny_model_dir: Path) -> None:
     chats = [[{"role": "user", "content": "xin chào"}]]
 
     def plan(**kw: Any) -> dict[str, Any]:
-        args: dict[str, Any] = {"asked": None, "device": "cpu", "cached": True, "missing": MIN_CASES, "model": model, "tokenizer": tok, "chats": chats, "batch_size": 160, "max_new_tokens": 16}
+        args: dict[str, Any] = {
+            "asked": None,
+            "device": "cpu",
+            "cached": True,
+            "missing": MIN_CASES,
+            "model": model,
+            "tokenizer": tok,
+            "chats": chats,
+            "batch_size": 160,
+            "max_new_tokens": 16,
+        }
         return plan_base_worker(**{**args, **kw})
 
     assert plan(asked=False)["reason"] == "turned off (--sequential)"
@@ -118,7 +146,9 @@ def test_thread_requests_apply_on_the_decoding_thread() -> None:
 
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="the worker needs two CPU threads")
-def test_worker_is_killed_when_the_pipeline_fails(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_is_killed_when_the_pipeline_fails(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     started: list[Any] = []
     real_start, real_evaluate = engine.start_base_worker, engine.evaluate
 

@@ -25,8 +25,16 @@ class LoraLinear(torch.autograd.Function):
     """y = x W^T + b + s (x A^T) B^T, computed in `dtype`; gradients for x, the bias (if trainable), A and B."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor, lora_b: torch.Tensor,
-                scaling: float, dtype: torch.dtype) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(dtype)
         w, a_w, b_w = weight.to(dtype), lora_a.to(dtype), lora_b.to(dtype)
@@ -61,8 +69,11 @@ def fusable(layer: torch.nn.Module) -> bool:
     if len(names) != 1 or names[0] not in layer.lora_A or names[0] in layer.lora_variant:
         return False
     name = names[0]
-    return (isinstance(layer.get_base_layer(), torch.nn.Linear) and isinstance(layer.lora_dropout[name], torch.nn.Identity)
-            and not getattr(layer, "lora_bias", {}).get(name, False))
+    return (
+        isinstance(layer.get_base_layer(), torch.nn.Linear)
+        and isinstance(layer.lora_dropout[name], torch.nn.Identity)
+        and not getattr(layer, "lora_bias", {}).get(name, False)
+    )
 
 
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -70,10 +81,18 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     else (adapter switched off, extra arguments, mixed dtypes without autocast) goes to PEFT's forward."""
     base = self.get_base_layer()
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    if args or kwargs or self.disable_adapters or not fusable(self) or (dtype == x.dtype and base.weight.dtype != dtype):
+    if (
+        args
+        or kwargs
+        or self.disable_adapters
+        or not fusable(self)
+        or (dtype == x.dtype and base.weight.dtype != dtype)
+    ):
         return type(self).forward(self, x, *args, **kwargs)
     name = self.active_adapters[0]
-    return LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name]), dtype)
+    return LoraLinear.apply(
+        x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name]), dtype
+    )
 
 
 @contextmanager

@@ -37,7 +37,9 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no GradientCheckpointingLayer blocks; this path needs a transformers decoder model")
+        raise ValueError(
+            f"{type(model).__name__} has no GradientCheckpointingLayer blocks; this path needs a transformers decoder model"
+        )
     return layers
 
 
@@ -147,7 +149,9 @@ def use_replayable_dropout(peft_model: nn.Module) -> int:
     return swapped
 
 
-def compile_decoder_layers(model: nn.Module, recompute_all: bool = True, save_mlp_layers: int = 0, mode: str | None = None) -> None:
+def compile_decoder_layers(
+    model: nn.Module, recompute_all: bool = True, save_mlp_layers: int = 0, mode: str | None = None
+) -> None:
     """Compile each decoder layer, transformers' checkpoint included, with replayable LoRA dropout.
 
     The checkpointed region becomes part of the compiled graph, and `recompute_all` tags every op in it
@@ -177,14 +181,20 @@ def compile_decoder_layers(model: nn.Module, recompute_all: bool = True, save_ml
     layers = decoder_layers(model)
     checkpointed = [layer for layer in layers if layer.gradient_checkpointing]
     if not 0 <= save_mlp_layers <= len(checkpointed):
-        raise ValueError(f"save_mlp_layers={save_mlp_layers} must be between 0 and the {len(checkpointed)} checkpointed layers")
+        raise ValueError(
+            f"save_mlp_layers={save_mlp_layers} must be between 0 and the {len(checkpointed)} checkpointed layers"
+        )
     config = model.config if hasattr(model, "config") else None
     # one function object per policy: dynamo guards on it, so every layer of a policy reuses one graph
-    recompute = partial(checkpoint, **CHECKPOINT_KWARGS, context_fn=partial(create_selective_checkpoint_contexts, _recompute_everything))
+    recompute = partial(
+        checkpoint, **CHECKPOINT_KWARGS, context_fn=partial(create_selective_checkpoint_contexts, _recompute_everything)
+    )
     save_mlp = None
     if save_mlp_layers:
         policy = MlpSavePolicy(int(config.hidden_size), int(config.intermediate_size))
-        save_mlp = partial(checkpoint, **CHECKPOINT_KWARGS, context_fn=partial(create_selective_checkpoint_contexts, policy))
+        save_mlp = partial(
+            checkpoint, **CHECKPOINT_KWARGS, context_fn=partial(create_selective_checkpoint_contexts, policy)
+        )
     first_saving = len(checkpointed) - save_mlp_layers
     for i, layer in enumerate(checkpointed):
         if save_mlp is not None and i >= first_saving:
@@ -245,7 +255,12 @@ class MlpSavePolicy:
 
 
 def prepare_qlora_model(
-    model: Any, lora_config: Any, keep_layers: int = 0, compile_layers: bool = False, save_mlp_layers: int = 0, compile_mode: str | None = None,
+    model: Any,
+    lora_config: Any,
+    keep_layers: int = 0,
+    compile_layers: bool = False,
+    save_mlp_layers: int = 0,
+    compile_mode: str | None = None,
 ) -> Any:
     """Wrap a loaded nf4 (or bf16) causal LM in LoRA for training, the fast way; returns the PeftModel.
 

@@ -20,19 +20,18 @@ from typing import Any
 import torch
 
 from harness.engine import attention
-from harness.training.data import DataSplit, Example, evaluation_format, load_examples, split
-from harness.training.doctor import Finding, diagnose
 from harness.env import hardware, package_versions, weights_sha256
 from harness.errors import HarnessInputError, Problem
-from harness.training.hygiene import hygiene_report, hygiene_summary
 from harness.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from harness.models.embedded import ModelRef, resolve
-from harness.variants.prompts import PromptFormat
 from harness.scoring.safety import plant_canaries
 from harness.suite.suite import Suite, load_suite
 from harness.training.config import TrainConfig
+from harness.training.data import DataSplit, Example, evaluation_format, load_examples, split
+from harness.training.doctor import Finding, diagnose
+from harness.training.hygiene import hygiene_report, hygiene_summary
+from harness.variants.prompts import PromptFormat
 from trainers.cpu_path import fused_lora_linears
-
 
 # CUDA graphs around the compiled layers: the eager step is bound by launching kernels from Python
 # (docs/gpu.md measures 2.58x the seed recipe with them against 1.89x without, same peak)
@@ -57,12 +56,23 @@ def resolve_precision(cfg: TrainConfig, cuda: bool) -> dict[str, Any]:
     q = cfg.quantization
     if cuda:
         nf4 = q.mode in ("auto", "nf4")
-        return {"device": "cuda", "weights": "nf4" if nf4 else "bf16", "compute": q.compute_dtype if nf4 else "bfloat16",
-                "autocast": cfg.training.precision if cfg.training.precision != "auto" else "bf16", "double_quant": nf4 and q.double_quant}
+        return {
+            "device": "cuda",
+            "weights": "nf4" if nf4 else "bf16",
+            "compute": q.compute_dtype if nf4 else "bfloat16",
+            "autocast": cfg.training.precision if cfg.training.precision != "auto" else "bf16",
+            "double_quant": nf4 and q.double_quant,
+        }
     if q.mode == "nf4":
         # CPU autocast runs bf16, not fp16: an fp16 compute dtype would mix the two
         compute = "bfloat16" if q.compute_dtype == "float16" else q.compute_dtype
-        return {"device": "cpu", "weights": "nf4", "compute": compute, "autocast": "fp32" if cfg.training.precision == "fp32" else "bf16", "double_quant": q.double_quant}
+        return {
+            "device": "cpu",
+            "weights": "nf4",
+            "compute": compute,
+            "autocast": "fp32" if cfg.training.precision == "fp32" else "bf16",
+            "double_quant": q.double_quant,
+        }
     # fp16 autocast needs a GPU; on the CPU bf16 autocast is the closest that runs (recorded as such)
     autocast = {"auto": "bf16", "bf16": "bf16", "fp32": "fp32", "fp16": "bf16"}[cfg.training.precision]
     return {"device": "cpu", "weights": "fp32", "compute": "float32", "autocast": autocast, "double_quant": False}
@@ -125,21 +135,32 @@ def prepare(cfg: TrainConfig, root: Path = Path(".")) -> Prepared:
     canaries: tuple[str, ...] = ()
     if cfg.data.canaries:
         if cfg.data.format != "messages":
-            raise HarnessInputError(Problem(f"{cfg.source or cfg.name}: key 'data.canaries'", "canaries can only be planted in chat (messages) data", "set data.canaries: 0 or use data.format: messages"))
+            raise HarnessInputError(
+                Problem(
+                    f"{cfg.source or cfg.name}: key 'data.canaries'",
+                    "canaries can only be planted in chat (messages) data",
+                    "set data.canaries: 0 or use data.format: messages",
+                )
+            )
         examples, canaries = _plant(examples, cfg.data.canaries, cfg.seed)
         data_sha = sha256_json({"data": data_sha, "canaries": canaries})
     data = split(examples, cfg.data.validation_fraction, cfg.seed, data_sha)
     cuda = torch.cuda.is_available()
-    findings, dist = diagnose(cfg, tokenizer, data, linear_module_names(ref), make_collator(tokenizer), suite, _bf16_capable(cuda))
+    findings, dist = diagnose(
+        cfg, tokenizer, data, linear_module_names(ref), make_collator(tokenizer), suite, _bf16_capable(cuda)
+    )
     if cfg.data.allow_leakage:
         findings = [replace(f, level="warning") if f.code.startswith("golden_") else f for f in findings]
-    hygiene = hygiene_report(cfg.data.path, data, suite, dist, cfg.training.max_length, block_leakage=not cfg.data.allow_leakage)
+    hygiene = hygiene_report(
+        cfg.data.path, data, suite, dist, cfg.training.max_length, block_leakage=not cfg.data.allow_leakage
+    )
     fmt, reason = evaluation_prompt_format(cfg, suite, root)
     return Prepared(ref, tokenizer, data, suite, findings, dist, hygiene, canaries, fmt, reason)
 
 
-def evaluation_prompt_format(cfg: TrainConfig, suite: Suite | None,
-                             root: Path = Path(".")) -> tuple[PromptFormat | None, str | None]:
+def evaluation_prompt_format(
+    cfg: TrainConfig, suite: Suite | None, root: Path = Path(".")
+) -> tuple[PromptFormat | None, str | None]:
     """The prompt format to evaluate the candidate in (recorded in its metadata), or None and why it is unknown.
 
     `suite` is the one `prepare` loaded (data.suite, else eval_suite). Messages training prepends data.suite's
@@ -156,7 +177,10 @@ def report_findings(findings: list[Finding], dist: dict[str, Any], hygiene: dict
     if hygiene is not None:
         print(f"hygiene: {hygiene_summary(hygiene)}", file=sys.stderr)
     if dist:
-        print(f"doctor: token lengths n={dist['n']} min={dist['min']} p50={dist['p50']:.0f} p90={dist['p90']:.0f} p99={dist['p99']:.0f} max={dist['max']}", file=sys.stderr)
+        print(
+            f"doctor: token lengths n={dist['n']} min={dist['min']} p50={dist['p50']:.0f} p90={dist['p90']:.0f} p99={dist['p99']:.0f} max={dist['max']}",
+            file=sys.stderr,
+        )
     for f in findings:
         print(f"doctor: {f}", file=sys.stderr)
     if not findings:
@@ -166,7 +190,9 @@ def report_findings(findings: list[Finding], dist: dict[str, Any], hygiene: dict
 def raise_on_errors(cfg: TrainConfig, findings: list[Finding]) -> None:
     errors = [f for f in findings if f.level == "error"]
     if errors:
-        raise HarnessInputError([Problem(f"{cfg.source or cfg.name}: doctor {f.code}", f.message, f.fix) for f in errors])
+        raise HarnessInputError(
+            [Problem(f"{cfg.source or cfg.name}: doctor {f.code}", f.message, f.fix) for f in errors]
+        )
 
 
 def _load_model(ref: ModelRef, precision: dict[str, Any]) -> Any:
@@ -175,7 +201,12 @@ def _load_model(ref: ModelRef, precision: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {"use_safetensors": True}
     if precision["weights"] == "nf4":
         compute = getattr(torch, precision["compute"])
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=precision["double_quant"], bnb_4bit_compute_dtype=compute)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=precision["double_quant"],
+            bnb_4bit_compute_dtype=compute,
+        )
         kwargs["dtype"] = compute
         if precision["device"] == "cuda":
             kwargs["device_map"] = {"": 0}
@@ -279,7 +310,9 @@ def cpu_bf16_casts(model: torch.nn.Module, enabled: bool, fuse: bool = True) -> 
             weight.data = weight.data.to(torch.bfloat16)
     try:
         with fused_lora_linears(model, fuse) as fused:
-            yield "autocast, inputs cast once, frozen base weights bf16" + (f", {fused} LoRA layers fused (trainers/cpu_path.py)" if fused else "")
+            yield "autocast, inputs cast once, frozen base weights bf16" + (
+                f", {fused} LoRA layers fused (trainers/cpu_path.py)" if fused else ""
+            )
     finally:
         for h in handles:
             h.remove()
@@ -332,10 +365,26 @@ class DirectLogProb:
     def __init__(self, chunked: Any) -> None:
         self.chunked = chunked
 
-    def apply(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, temperature: float,
-              chunk_size: int, softcap: float | None = None, logit_scale: float = 1.0, outputs: tuple[str, ...] = ()) -> tuple[Any, ...]:
-        if hidden.shape[0] * weight.shape[0] > self.MAX_ELEMENTS or weight.requires_grad or (bias is not None and bias.requires_grad):
-            return self.chunked.apply(hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs)
+    def apply(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        temperature: float,
+        chunk_size: int,
+        softcap: float | None = None,
+        logit_scale: float = 1.0,
+        outputs: tuple[str, ...] = (),
+    ) -> tuple[Any, ...]:
+        if (
+            hidden.shape[0] * weight.shape[0] > self.MAX_ELEMENTS
+            or weight.requires_grad
+            or (bias is not None and bias.requires_grad)
+        ):
+            return self.chunked.apply(
+                hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs
+            )
         z = torch.nn.functional.linear(hidden, weight, bias).float()
         if logit_scale != 1.0:
             z = z * logit_scale
@@ -356,7 +405,9 @@ class DirectLogProb:
 
 
 def _last_checkpoint(folder: Path) -> str | None:
-    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    ckpts = sorted(
+        folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1
+    )
     return str(ckpts[-1]) if ckpts else None
 
 
@@ -379,7 +430,10 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
     if meta_file.is_file() and (out / "adapter" / "adapter_model.safetensors").is_file():
         if json.loads(meta_file.read_text(encoding="utf-8")).get("data", {}).get("file_sha256") == file_sha:
             if not quiet:
-                print(f"candidate {out} already trained with this exact config and data; reusing it (delete the folder to retrain)", file=sys.stderr)
+                print(
+                    f"candidate {out} already trained with this exact config and data; reusing it (delete the folder to retrain)",
+                    file=sys.stderr,
+                )
             return out
     prep = prepare(cfg, root)
     ref, tokenizer, data, findings, dist = prep.ref, prep.tokenizer, prep.data, prep.findings, prep.lengths
@@ -394,8 +448,14 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
     model = _load_model(ref, precision)
     t = cfg.training
     lora = LoraConfig(
-        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias=cfg.lora.bias, task_type="CAUSAL_LM",
-        target_modules="all-linear" if list(cfg.lora.target_modules) == ["all-linear"] else list(cfg.lora.target_modules),
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        bias=cfg.lora.bias,
+        task_type="CAUSAL_LM",
+        target_modules="all-linear"
+        if list(cfg.lora.target_modules) == ["all-linear"]
+        else list(cfg.lora.target_modules),
     )
     # CUDA + nf4: LoRA attached by the fast path (compiled decoder layers, the last layers not
     # checkpointed, replayable dropout; see docs/gpu.md), so TRL must neither wrap nor checkpoint again.
@@ -404,9 +464,16 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         from trainers.cuda_path import decoder_layers, prepare_qlora_model
 
         n_layers = len(decoder_layers(model))
-        keep = min(3, n_layers) if t.gradient_checkpointing else n_layers  # 3 unchecked layers fit seed000's shape in 80 GB
+        keep = (
+            min(3, n_layers) if t.gradient_checkpointing else n_layers
+        )  # 3 unchecked layers fit seed000's shape in 80 GB
         model = prepare_qlora_model(model, lora, keep_layers=keep, compile_layers=True, compile_mode=CUDA_COMPILE_MODE)
-        precision["cuda_path"] = {"keep_layers": keep, "compile_layers": True, "compile_mode": CUDA_COMPILE_MODE, "pad_to_multiple_of": CUDA_PAD_MULTIPLE}
+        precision["cuda_path"] = {
+            "keep_layers": keep,
+            "compile_layers": True,
+            "compile_mode": CUDA_COMPILE_MODE,
+            "pad_to_multiple_of": CUDA_PAD_MULTIPLE,
+        }
     steps_per_epoch = max(1, -(-len(data.train) // (t.batch_size * t.grad_accum)))
     total_steps = t.max_steps if t.max_steps > 0 else int(steps_per_epoch * t.epochs + 0.999)
     # paged optimizers page optimizer state through CUDA unified memory; the CPU runs the plain equivalent
@@ -461,8 +528,16 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
             self.seconds = time.perf_counter() - self.start
 
     clock = _Clock()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                         peft_config=None if fast_cuda else lora, data_collator=make_collator(tokenizer, CUDA_PAD_MULTIPLE if fast_cuda else None), callbacks=[clock])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=None if fast_cuda else lora,
+        data_collator=make_collator(tokenizer, CUDA_PAD_MULTIPLE if fast_cuda else None),
+        callbacks=[clock],
+    )
     trainer.model.train()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -470,7 +545,11 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
     if resume and not quiet:
         print(f"resuming from {resume}", file=sys.stderr)
     cpu_bf16 = not cuda and precision["autocast"] == "bf16"
-    with labelled_positions_only(cuda) as lm_head, cpu_bf16_casts(trainer.model, cpu_bf16) as casts, reuse_freed_memory(not cuda) as heap:
+    with (
+        labelled_positions_only(cuda) as lm_head,
+        cpu_bf16_casts(trainer.model, cpu_bf16) as casts,
+        reuse_freed_memory(not cuda) as heap,
+    ):
         result = trainer.train(resume_from_checkpoint=resume)
         val_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None and len(eval_ds) else None
     precision["lm_head"] = lm_head
@@ -491,9 +570,22 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         "schema_version": 1,
         "name": cfg.name,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base_model": {"spec": cfg.model, "path": str(ref.path), "weights_sha256": weights_sha256(ref.path), "provenance": ref.provenance},
+        "base_model": {
+            "spec": cfg.model,
+            "path": str(ref.path),
+            "weights_sha256": weights_sha256(ref.path),
+            "provenance": ref.provenance,
+        },
         "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors"),
-        "data": {"path": cfg.data.path, "sha256": data.sha256, "file_sha256": file_sha, "format": cfg.data.format, "examples": data.total, "train": len(data.train), "validation": len(data.validation)},
+        "data": {
+            "path": cfg.data.path,
+            "sha256": data.sha256,
+            "file_sha256": file_sha,
+            "format": cfg.data.format,
+            "examples": data.total,
+            "train": len(data.train),
+            "validation": len(data.validation),
+        },
         # the format the training prompts were built in, for the evaluator (harness.variants.prompts.load_format reads it);
         # null when it cannot be known (text data without data.template), with the reason beside it
         "prompt_format": prep.prompt_format.to_json() if prep.prompt_format is not None else None,
@@ -544,22 +636,24 @@ def _peak_rss() -> int:
 def model_card(meta: dict[str, Any]) -> str:
     c = meta["config"]
     lora = c["lora"]
-    return "\n".join([
-        f"# {meta['name']}: LoRA adapter for {meta['base_model']['spec']}",
-        "",
-        f"- base weights sha256: `{meta['base_model']['weights_sha256']}`",
-        f"- adapter sha256: `{meta['adapter_sha256']}`",
-        f"- LoRA r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} targets={', '.join(lora['target_modules'])}",
-        f"- data: `{meta['data']['path']}` (sha256 `{meta['data']['sha256'][:12]}`), {meta['data']['train']} train / {meta['data']['validation']} validation examples",
-        f"- precision that ran: {meta['precision']}",
-        f"- evaluate in: {_describe_format(meta)}",
-        f"- steps {meta['steps']}, train loss {meta['train_loss']:.4f}, validation loss {meta['validation_loss'] if meta['validation_loss'] is None else round(meta['validation_loss'], 4)}",
-        f"- {meta['tokens_per_s']} tokens/s, wall {meta['wall_time_s']} s, trainable share {100 * (meta['trainable_share'] or 0):.2f}%",
-        "",
-        "Intended use: a candidate to be judged by the regression harness before anything ships. Evaluate with",
-        "`harness pipeline` and read the report before promotion.",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# {meta['name']}: LoRA adapter for {meta['base_model']['spec']}",
+            "",
+            f"- base weights sha256: `{meta['base_model']['weights_sha256']}`",
+            f"- adapter sha256: `{meta['adapter_sha256']}`",
+            f"- LoRA r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} targets={', '.join(lora['target_modules'])}",
+            f"- data: `{meta['data']['path']}` (sha256 `{meta['data']['sha256'][:12]}`), {meta['data']['train']} train / {meta['data']['validation']} validation examples",
+            f"- precision that ran: {meta['precision']}",
+            f"- evaluate in: {_describe_format(meta)}",
+            f"- steps {meta['steps']}, train loss {meta['train_loss']:.4f}, validation loss {meta['validation_loss'] if meta['validation_loss'] is None else round(meta['validation_loss'], 4)}",
+            f"- {meta['tokens_per_s']} tokens/s, wall {meta['wall_time_s']} s, trainable share {100 * (meta['trainable_share'] or 0):.2f}%",
+            "",
+            "Intended use: a candidate to be judged by the regression harness before anything ships. Evaluate with",
+            "`harness pipeline` and read the report before promotion.",
+            "",
+        ]
+    )
 
 
 def _describe_format(meta: dict[str, Any]) -> str:

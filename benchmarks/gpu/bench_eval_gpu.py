@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 
 from common import SEED000_TARGETS, device_summary, mistral_config, write_json  # noqa: E402
+
 from harness.engine.generate import generate  # noqa: E402
 from harness.suite.suite import GenerationSettings  # noqa: E402
 
@@ -50,17 +51,29 @@ def word_tokenizer(vocab_size: int) -> Any:
     vocab.update({f"w{i}": i for i in range(len(specials), vocab_size)})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    template = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
-                "{% if add_generation_prompt %}assistant {% endif %}")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>",
-                                   chat_template=template, padding_side="left")
+    template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant {% endif %}"
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",
+        chat_template=template,
+        padding_side="left",
+    )
 
 
 def make_chats(n: int, vocab_size: int, seed: int = 0) -> list[list[dict[str, str]]]:
     rng = random.Random(seed)
     words = lambda k: " ".join(f"w{rng.randrange(6, vocab_size)}" for _ in range(k))  # noqa: E731
     system = words(100)
-    return [[{"role": "system", "content": system}, {"role": "user", "content": words(rng.randint(80, 120))}] for _ in range(n)]
+    return [
+        [{"role": "system", "content": system}, {"role": "user", "content": words(rng.randint(80, 120))}]
+        for _ in range(n)
+    ]
 
 
 def _sync() -> None:
@@ -81,7 +94,9 @@ def timed(fn: Callable[[], int], repeats: int) -> dict[str, Any]:
     return {"tokens_per_s": statistics.median(rates), "runs": rates, "tokens": tokens}
 
 
-def engine_fn(model: Any, tok: Any, chats: list[list[dict[str, str]]], settings: GenerationSettings, batch: int, sink: list[Any]) -> Callable[[], int]:
+def engine_fn(
+    model: Any, tok: Any, chats: list[list[dict[str, str]]], settings: GenerationSettings, batch: int, sink: list[Any]
+) -> Callable[[], int]:
     def run() -> int:
         out = generate(model, tok, chats, settings, batch_size=batch, progress=False, share_prefix=True)
         sink[:] = out
@@ -90,16 +105,27 @@ def engine_fn(model: Any, tok: Any, chats: list[list[dict[str, str]]], settings:
     return run
 
 
-def reference_fn(model: Any, tok: Any, chats: list[list[dict[str, str]]], new_tokens: int, static: bool = False) -> Callable[[], int]:
-    enc = tok.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
+def reference_fn(
+    model: Any, tok: Any, chats: list[list[dict[str, str]]], new_tokens: int, static: bool = False
+) -> Callable[[], int]:
+    enc = tok.apply_chat_template(
+        chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
+    )
     device = next(model.parameters()).device
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
     def run() -> int:
         with torch.inference_mode():
             extra: dict[str, Any] = {"cache_implementation": "static"} if static else {"disable_compile": True}
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                                 pad_token_id=EOS, eos_token_id=EOS, **extra)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=EOS,
+                eos_token_id=EOS,
+                **extra,
+            )
         return int((out.shape[1] - ids.shape[1]) * out.shape[0])
 
     return run
@@ -110,10 +136,18 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--engine-modes", default="eager,compiled", help="comma list of eager (no auto-compile) and compiled (transformers' default on CUDA)")
+    ap.add_argument(
+        "--engine-modes",
+        default="eager,compiled",
+        help="comma list of eager (no auto-compile) and compiled (transformers' default on CUDA)",
+    )
     ap.add_argument("--layers", type=int, default=None, help="override the number of decoder layers")
     ap.add_argument("--shape", choices=["7b", "tiny"], default="7b", help="tiny: check the script on a CPU")
-    ap.add_argument("--static-reference", action="store_true", help="also time plain generate with a static cache (transformers compiles it)")
+    ap.add_argument(
+        "--static-reference",
+        action="store_true",
+        help="also time plain generate with a static cache (transformers compiles it)",
+    )
     ap.add_argument("--budget-s", type=float, default=0, help="start no new row after this many seconds (0: no limit)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -133,9 +167,21 @@ def main() -> int:
         model.lm_head.weight[EOS].zero_()
     model.generation_config.eos_token_id = EOS
     model.generation_config.pad_token_id = EOS
-    prompt_lens = [len(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False)) for c in chats]
-    results: dict[str, Any] = {"device": device_summary(), "batch": args.batch, "new_tokens": args.new_tokens,
-                               "prompt_tokens": {"min": min(prompt_lens), "max": max(prompt_lens), "mean": sum(prompt_lens) / len(prompt_lens)}, "rows": {}, "notes": []}
+    prompt_lens = [
+        len(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False)) for c in chats
+    ]
+    results: dict[str, Any] = {
+        "device": device_summary(),
+        "batch": args.batch,
+        "new_tokens": args.new_tokens,
+        "prompt_tokens": {
+            "min": min(prompt_lens),
+            "max": max(prompt_lens),
+            "mean": sum(prompt_lens) / len(prompt_lens),
+        },
+        "rows": {},
+        "notes": [],
+    }
     print(f"device: {results['device']}  prompts {results['prompt_tokens']}", flush=True)
 
     started = time.perf_counter()
@@ -154,8 +200,11 @@ def main() -> int:
             return
         r["wall_s_with_warmup"] = time.perf_counter() - t0
         results["rows"][name] = r
-        print(f"[{name}] {r['tokens_per_s']:8.0f} generated tok/s  (runs {', '.join(f'{x:.0f}' for x in r['runs'])}; {r['tokens']} tokens;"
-              f" {r['wall_s_with_warmup']:.0f} s with warm-up)", flush=True)
+        print(
+            f"[{name}] {r['tokens_per_s']:8.0f} generated tok/s  (runs {', '.join(f'{x:.0f}' for x in r['runs'])}; {r['tokens']} tokens;"
+            f" {r['wall_s_with_warmup']:.0f} s with warm-up)",
+            flush=True,
+        )
         write_json(args.json, results)
 
     def set_mode(m: Any, mode: str) -> None:
@@ -163,13 +212,26 @@ def main() -> int:
 
     record("reference: plain generate, dynamic cache (no PEFT)", reference_fn(model, tok, chats, args.new_tokens))
     if args.static_reference:
-        record("reference: plain generate, static cache, compiled (no PEFT)", reference_fn(model, tok, chats, args.new_tokens, static=True), optional=True)
+        record(
+            "reference: plain generate, static cache, compiled (no PEFT)",
+            reference_fn(model, tok, chats, args.new_tokens, static=True),
+            optional=True,
+        )
 
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=list(SEED000_TARGETS), task_type="CAUSAL_LM", init_lora_weights=False)
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.05,
+        target_modules=list(SEED000_TARGETS),
+        task_type="CAUSAL_LM",
+        init_lora_weights=False,
+    )
     peft_model = get_peft_model(model, lora).eval()
     outs: dict[str, list[Any]] = {}
     # eager rows first (they always run); compiled ones after, adapter before base, while the budget lasts
-    peft_rows = [(mode, kind) for mode in modes for kind in (("base", "adapter") if mode == "eager" else ("adapter", "base"))]
+    peft_rows = [
+        (mode, kind) for mode in modes for kind in (("base", "adapter") if mode == "eager" else ("adapter", "base"))
+    ]
     for mode, kind in peft_rows:
         set_mode(model, mode)
         outs[f"{kind} {mode}"] = []
@@ -183,13 +245,19 @@ def main() -> int:
     for mode in modes:
         set_mode(merged, mode)
         outs[f"merged {mode}"] = []
-        record(f"engine {mode}: merged (merge_and_unload)", engine_fn(merged, tok, chats, settings, args.batch, outs[f"merged {mode}"]), mode != "eager")
+        record(
+            f"engine {mode}: merged (merge_and_unload)",
+            engine_fn(merged, tok, chats, settings, args.batch, outs[f"merged {mode}"]),
+            mode != "eager",
+        )
 
     for mode in modes:
         a, m = outs.get(f"adapter {mode}"), outs.get(f"merged {mode}")
         if a and m:
             same = sum(x.token_ids[:16] == y.token_ids[:16] for x, y in zip(a, m))
-            results["notes"].append(f"{mode}: adapter vs merged, first 16 tokens identical in {same}/{len(a)} rows (bf16 merge rounding)")
+            results["notes"].append(
+                f"{mode}: adapter vs merged, first 16 tokens identical in {same}/{len(a)} rows (bf16 merge rounding)"
+            )
     write_json(args.json, results)
 
     print("\n| variant | generated tokens/s |")

@@ -33,9 +33,21 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 
 from common import (  # noqa: E402
-    GIB, TrainResult, build_nf4_model, chunked_lm_loss, device_summary, free_memory, hf_loss, mistral_config,
-    random_batches, seed_lora_config, seed_prepare, train_loop, write_json,
+    GIB,
+    TrainResult,
+    build_nf4_model,
+    chunked_lm_loss,
+    device_summary,
+    free_memory,
+    hf_loss,
+    mistral_config,
+    random_batches,
+    seed_lora_config,
+    seed_prepare,
+    train_loop,
+    write_json,
 )
+
 from trainers.cuda_path import compile_decoder_layers, decoder_layers, layers_to_keep, prepare_qlora_model  # noqa: E402
 
 CALIBRATION_KEEP = 4
@@ -55,8 +67,14 @@ def family_prepare(family: str, keep: int, save_mlp: int = 0, compile_mode: str 
         raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
 
     def prepare(model: Any) -> Any:
-        peft_model = prepare_qlora_model(model, seed_lora_config(), keep_layers=keep, compile_layers=family == "compiled",
-                                         save_mlp_layers=save_mlp if family == "compiled" else 0, compile_mode=compile_mode)
+        peft_model = prepare_qlora_model(
+            model,
+            seed_lora_config(),
+            keep_layers=keep,
+            compile_layers=family == "compiled",
+            save_mlp_layers=save_mlp if family == "compiled" else 0,
+            compile_mode=compile_mode,
+        )
         if family == "compiled-prefer":
             compile_decoder_layers(peft_model, recompute_all=False)
         if family == "compiled-nn-dropout":
@@ -80,7 +98,9 @@ class Bench:
         self.started = time.perf_counter()
         self.last_family = ""
 
-    def run(self, name: str, prepare: Callable[[Any], Any], settings: dict[str, Any], loss: str = "hf") -> TrainResult | None:
+    def run(
+        self, name: str, prepare: Callable[[Any], Any], settings: dict[str, Any], loss: str = "hf"
+    ) -> TrainResult | None:
         a = self.args
         if a.budget_s and time.perf_counter() - self.started > a.budget_s:
             self.notes.append(f"{name}: skipped, past the --budget-s of {a.budget_s} s")
@@ -102,8 +122,11 @@ class Bench:
             free_memory()
         if res is not None:
             self.results.append(res)
-            print(f"[{name}] {res.tokens_per_s:8.0f} tok/s  peak {res.peak_gib:6.2f} GiB  step {res.step_s * 1000:6.0f} ms  loss {res.final_loss:.3f}"
-                  f"  (allocated before {before / GIB:.2f} GiB, wall {time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"[{name}] {res.tokens_per_s:8.0f} tok/s  peak {res.peak_gib:6.2f} GiB  step {res.step_s * 1000:6.0f} ms  loss {res.final_loss:.3f}"
+                f"  (allocated before {before / GIB:.2f} GiB, wall {time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
         self.save()
         return res
 
@@ -113,7 +136,13 @@ class Bench:
         if family != self.last_family:
             torch._dynamo.reset()  # compiled graphs depend on the family's settings; start clean
             self.last_family = family
-        settings = {"recipe": "harness", "family": family, "keep_layers": keep, "save_mlp_layers": save_mlp, "compile_mode": mode}
+        settings = {
+            "recipe": "harness",
+            "family": family,
+            "keep_layers": keep,
+            "save_mlp_layers": save_mlp,
+            "compile_mode": mode,
+        }
         return self.run(name, family_prepare(family, keep, save_mlp, mode), settings, loss)
 
     def auto_keep(self, budget: float, family: str, loss: str = "hf") -> TrainResult | None:
@@ -123,9 +152,13 @@ class Bench:
         if r0 is None or rk is None:
             return r0
         per_layer = max((rk.peak_gib - r0.peak_gib) / CALIBRATION_KEEP, 1e-3)
-        keep = layers_to_keep(int(budget * GIB), int(r0.peak_gib * GIB), int(per_layer * GIB), self.config.num_hidden_layers)
-        self.notes.append(f"calibration {family} {loss}: {per_layer:.3f} GiB per kept layer, "
-                          f"{r0.peak_gib:.2f} GiB with none kept, budget {budget:.2f} GiB -> keep {keep}")
+        keep = layers_to_keep(
+            int(budget * GIB), int(r0.peak_gib * GIB), int(per_layer * GIB), self.config.num_hidden_layers
+        )
+        self.notes.append(
+            f"calibration {family} {loss}: {per_layer:.3f} GiB per kept layer, "
+            f"{r0.peak_gib:.2f} GiB with none kept, budget {budget:.2f} GiB -> keep {keep}"
+        )
         print(self.notes[-1], flush=True)
         if keep in (0, CALIBRATION_KEEP):
             return r0 if keep == 0 else rk
@@ -136,8 +169,15 @@ class Bench:
         return res
 
     def save(self) -> None:
-        write_json(self.args.json, {"args": {k: str(v) for k, v in vars(self.args).items()}, "device": device_summary(),
-                                    "results": [asdict(r) for r in self.results], "notes": self.notes})
+        write_json(
+            self.args.json,
+            {
+                "args": {k: str(v) for k, v in vars(self.args).items()},
+                "device": device_summary(),
+                "results": [asdict(r) for r in self.results],
+                "notes": self.notes,
+            },
+        )
 
 
 def profile(bench: Bench, name: str, prepare: Callable[[Any], Any], path: Path) -> None:
@@ -173,35 +213,81 @@ def profile(bench: Bench, name: str, prepare: Callable[[Any], Any], path: Path) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keep", default="auto", help="decoder layers that skip checkpointing in the harness recipe, or 'auto' (fit under the seed's peak)")
-    ap.add_argument("--family", choices=FAMILIES, default="compiled", help="harness configuration family (see family_prepare)")
-    ap.add_argument("--loss", choices=["hf", "chunked"], default="hf", help="harness loss: the model's own, or chunked cross-entropy")
-    ap.add_argument("--sweep", default="", help="instead of one harness configuration, these families, each with --keep auto: "
-                    "comma list of FAMILY or FAMILY+chunked, e.g. compiled,compiled+chunked,eager")
-    ap.add_argument("--grid", default="", help="instead of one harness configuration, these KEEP:SAVE_MLP pairs of the compiled family, e.g. 3:0,2:4,0:7")
-    ap.add_argument("--save-mlp", type=int, default=0, help="checkpointed layers that save their gate/up outputs (compiled family, with a numeric --keep)")
-    ap.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode for the compiled family: reduce-overhead (CUDA graphs, "
-                    "the recipe's) or default")
-    ap.add_argument("--profile", type=Path, default=None, help="folder: one-step kernel profiles of the seed and of the harness recipe (keep 0)")
+    ap.add_argument(
+        "--keep",
+        default="auto",
+        help="decoder layers that skip checkpointing in the harness recipe, or 'auto' (fit under the seed's peak)",
+    )
+    ap.add_argument(
+        "--family", choices=FAMILIES, default="compiled", help="harness configuration family (see family_prepare)"
+    )
+    ap.add_argument(
+        "--loss",
+        choices=["hf", "chunked"],
+        default="hf",
+        help="harness loss: the model's own, or chunked cross-entropy",
+    )
+    ap.add_argument(
+        "--sweep",
+        default="",
+        help="instead of one harness configuration, these families, each with --keep auto: "
+        "comma list of FAMILY or FAMILY+chunked, e.g. compiled,compiled+chunked,eager",
+    )
+    ap.add_argument(
+        "--grid",
+        default="",
+        help="instead of one harness configuration, these KEEP:SAVE_MLP pairs of the compiled family, e.g. 3:0,2:4,0:7",
+    )
+    ap.add_argument(
+        "--save-mlp",
+        type=int,
+        default=0,
+        help="checkpointed layers that save their gate/up outputs (compiled family, with a numeric --keep)",
+    )
+    ap.add_argument(
+        "--compile-mode",
+        default="reduce-overhead",
+        help="torch.compile mode for the compiled family: reduce-overhead (CUDA graphs, the recipe's) or default",
+    )
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="folder: one-step kernel profiles of the seed and of the harness recipe (keep 0)",
+    )
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=1024)
-    ap.add_argument("--shape", choices=["7b", "tiny"], default="7b", help="tiny: a 4-layer 64-wide model to check the script on a CPU")
+    ap.add_argument(
+        "--shape",
+        choices=["7b", "tiny"],
+        default="7b",
+        help="tiny: a 4-layer 64-wide model to check the script on a CPU",
+    )
     ap.add_argument("--layers", type=int, default=None, help="override the number of decoder layers")
-    ap.add_argument("--budget-s", type=float, default=0, help="start no new configuration after this many seconds (0: no limit)")
+    ap.add_argument(
+        "--budget-s", type=float, default=0, help="start no new configuration after this many seconds (0: no limit)"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     bench = Bench(args)
     print(f"device: {device_summary()}", flush=True)
-    seed = bench.run("seed (prepare_model_for_kbit_training)", lambda m: seed_prepare(m, seed_lora_config()), {"recipe": "seed"})
+    seed = bench.run(
+        "seed (prepare_model_for_kbit_training)", lambda m: seed_prepare(m, seed_lora_config()), {"recipe": "seed"}
+    )
     if seed is None:
         return 1
     budget = seed.peak_gib
     if args.profile is not None and bench.device == "cuda":
         profile(bench, "seed", lambda m: seed_prepare(m, seed_lora_config()), args.profile / "profile_seed.txt")
-        profile(bench, f"harness {args.family} keep=0", family_prepare(args.family, 0), args.profile / f"profile_{args.family}.txt")
+        profile(
+            bench,
+            f"harness {args.family} keep=0",
+            family_prepare(args.family, 0),
+            args.profile / f"profile_{args.family}.txt",
+        )
 
     if args.grid:
         for pair in args.grid.split(","):
@@ -228,7 +314,9 @@ def main() -> int:
         print(f"\nseed    {seed.tokens_per_s:8,.0f} tok/s  {seed.peak_gib:.2f} GiB")
         print(f"harness {best.tokens_per_s:8,.0f} tok/s  {best.peak_gib:.2f} GiB  ({best.name})")
         share = best.peak_gib / seed.peak_gib if seed.peak_gib else float("nan")
-        print(f"ratio   {best.tokens_per_s / seed.tokens_per_s:.2f}x tokens/s at {share:.2f}x the peak (target >= 2x at <= 1x)")
+        print(
+            f"ratio   {best.tokens_per_s / seed.tokens_per_s:.2f}x tokens/s at {share:.2f}x the peak (target >= 2x at <= 1x)"
+        )
     else:
         print("\nno harness configuration fit under the seed's peak")
     bench.save()

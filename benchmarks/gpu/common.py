@@ -19,14 +19,27 @@ from torch import nn
 GIB = 1024**3
 # Mistral-7B-v0.3's published shape (seed000's base model)
 MISTRAL_7B: dict[str, Any] = {
-    "vocab_size": 32768, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 32768,
-    "rms_norm_eps": 1e-5, "sliding_window": None, "tie_word_embeddings": False,
+    "vocab_size": 32768,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
 }
 TINY: dict[str, Any] = {
-    "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
-    "sliding_window": None, "tie_word_embeddings": False,
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
 }
 SEED000_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -41,7 +54,9 @@ def mistral_config(shape: str = "7b", layers: int | None = None) -> Any:
     return MistralConfig(**kw)
 
 
-def quantize_nf4_(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16, double_quant: bool = True) -> nn.Module:
+def quantize_nf4_(
+    model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16, double_quant: bool = True
+) -> nn.Module:
     """Swap every decoder Linear for a bitsandbytes nf4 Linear4bit, quantized where the weight lives.
 
     The same modules and settings as `from_pretrained(quantization_config=BitsAndBytesConfig(nf4, double
@@ -53,10 +68,19 @@ def quantize_nf4_(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear) or name == "lm_head":
                 continue
-            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None, compute_dtype=compute_dtype,
-                                  compress_statistics=double_quant, quant_type="nf4", device="meta")
+            q = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=compute_dtype,
+                compress_statistics=double_quant,
+                quant_type="nf4",
+                device="meta",
+            )
             weight = child.weight.data.to(compute_dtype)
-            q.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=double_quant, quant_type="nf4", module=q).to(weight.device)
+            q.weight = bnb.nn.Params4bit(
+                weight, requires_grad=False, compress_statistics=double_quant, quant_type="nf4", module=q
+            ).to(weight.device)
             if child.bias is not None:
                 q.bias = nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
             setattr(parent, name, q)
@@ -82,7 +106,9 @@ def seed_lora_config() -> Any:
     """seed000's adapter: r8, alpha 16, dropout 0.05, all seven projections."""
     from peft import LoraConfig
 
-    return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM", target_modules=list(SEED000_TARGETS))
+    return LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM", target_modules=list(SEED000_TARGETS)
+    )
 
 
 def seed_prepare(model: nn.Module, lora_config: Any) -> nn.Module:
@@ -130,8 +156,14 @@ def hf_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, labels=ids).loss
 
 
-def train_loop(name: str, model: nn.Module, batches: list[torch.Tensor], warmup: int, settings: dict[str, Any],
-               loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = hf_loss) -> TrainResult:
+def train_loop(
+    name: str,
+    model: nn.Module,
+    batches: list[torch.Tensor],
+    warmup: int,
+    settings: dict[str, Any],
+    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = hf_loss,
+) -> TrainResult:
     """bf16-autocast steps with fused AdamW; the first `warmup` are untimed (allocator, autotuning, compile)."""
     cuda = batches[0].is_cuda
     params = [p for p in model.parameters() if p.requires_grad]
@@ -156,7 +188,9 @@ def train_loop(name: str, model: nn.Module, batches: list[torch.Tensor], warmup:
     tokens = batches[0].numel()
     peak = torch.cuda.max_memory_allocated() if cuda else 0
     del opt
-    return TrainResult(name, tokens * steps / seconds, peak / GIB, seconds / steps, steps, tokens, float(loss.detach()), settings)
+    return TrainResult(
+        name, tokens * steps / seconds, peak / GIB, seconds / steps, steps, tokens, float(loss.detach()), settings
+    )
 
 
 def write_json(path: Path | None, payload: Any) -> None:
@@ -164,7 +198,10 @@ def write_json(path: Path | None, payload: Any) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)), encoding="utf-8")
+    path.write_text(
+        json.dumps(payload, indent=2, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)),
+        encoding="utf-8",
+    )
 
 
 def device_summary() -> dict[str, Any]:

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 
 from common import GIB, build_nf4_model, device_summary, mistral_config, random_batches, seed_lora_config, write_json  # noqa: E402
+
 from trainers.cuda_path import prepare_qlora_model  # noqa: E402
 
 
@@ -46,10 +47,14 @@ def main() -> int:
     device = str(acc.device)
     model = build_nf4_model(config, device)
     model = prepare_qlora_model(model, seed_lora_config(), keep_layers=args.keep, compile_layers=args.compile)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, fused=acc.device.type == "cuda")
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=2e-4, fused=acc.device.type == "cuda"
+    )
     model, opt = acc.prepare(model, opt)
     # each process draws its own batches: data parallel, not the same batch twice
-    batches = random_batches(args.warmup + args.steps, args.batch, args.seq, config.vocab_size, device, seed=acc.process_index)
+    batches = random_batches(
+        args.warmup + args.steps, args.batch, args.seq, config.vocab_size, device, seed=acc.process_index
+    )
     cuda = acc.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -74,13 +79,27 @@ def main() -> int:
     peaks = acc.gather(peak).tolist()
     tokens = ids.numel() * args.steps * acc.num_processes
     if acc.is_main_process:
-        out = {"processes": acc.num_processes, "distributed_type": str(acc.distributed_type), "mixed_precision": acc.mixed_precision,
-               "tokens_per_s": tokens / seconds, "tokens_per_s_per_gpu": tokens / seconds / acc.num_processes,
-               "step_s": seconds / args.steps, "peak_gib_per_gpu": peaks, "final_loss": float(loss.detach()),
-               "keep_layers": args.keep, "compile_layers": args.compile, "batch_per_process": args.batch, "seq": args.seq,
-               "layers": config.num_hidden_layers, "device": device_summary()}
-        print(f"{acc.num_processes} process(es): {out['tokens_per_s']:,.0f} tok/s total, {out['tokens_per_s_per_gpu']:,.0f} per GPU, "
-              f"step {out['step_s'] * 1000:.0f} ms, peak {', '.join(f'{p:.2f}' for p in peaks)} GiB", flush=True)
+        out = {
+            "processes": acc.num_processes,
+            "distributed_type": str(acc.distributed_type),
+            "mixed_precision": acc.mixed_precision,
+            "tokens_per_s": tokens / seconds,
+            "tokens_per_s_per_gpu": tokens / seconds / acc.num_processes,
+            "step_s": seconds / args.steps,
+            "peak_gib_per_gpu": peaks,
+            "final_loss": float(loss.detach()),
+            "keep_layers": args.keep,
+            "compile_layers": args.compile,
+            "batch_per_process": args.batch,
+            "seq": args.seq,
+            "layers": config.num_hidden_layers,
+            "device": device_summary(),
+        }
+        print(
+            f"{acc.num_processes} process(es): {out['tokens_per_s']:,.0f} tok/s total, {out['tokens_per_s_per_gpu']:,.0f} per GPU, "
+            f"step {out['step_s'] * 1000:.0f} ms, peak {', '.join(f'{p:.2f}' for p in peaks)} GiB",
+            flush=True,
+        )
         write_json(args.json, out)
     acc.end_training()
     return 0

@@ -69,16 +69,29 @@ def decode_attention(
     """transformers' attention-function signature; returns [batch, 1, heads, head_dim] and no weights."""
     batch, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
-    usual = q_len == 1 and query.device.type == "cpu" and query.dtype == key.dtype == value.dtype and not (module.training and dropout)
+    usual = (
+        q_len == 1
+        and query.device.type == "cpu"
+        and query.dtype == key.dtype == value.dtype
+        and not (module.training and dropout)
+    )
     if not usual or not _boolean_4d(attention_mask, required=True) or heads % kv_heads or _special(kwargs):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     scale = head_dim**-0.5 if scaling is None else scaling
     plan = _plan_for(attention_mask, batch, query.dtype)
     q = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
     out = torch.empty_like(q)
     lse = q.new_empty((batch, kv_heads, heads // kv_heads), dtype=torch.float32)
     for lo, hi, first in plan.runs:
-        part, part_lse = _flash(q[lo:hi], key[lo:hi, :, first : plan.length], value[lo:hi, :, first : plan.length], attn_mask=plan.bias[lo:hi, ..., first:], scale=scale)
+        part, part_lse = _flash(
+            q[lo:hi],
+            key[lo:hi, :, first : plan.length],
+            value[lo:hi, :, first : plan.length],
+            attn_mask=plan.bias[lo:hi, ..., first:],
+            scale=scale,
+        )
         out[lo:hi] = part
         lse[lo:hi] = part_lse.reshape(out[lo:hi].shape[:3])
     if plan.prefix:
@@ -131,7 +144,13 @@ def _plan_for(mask: torch.Tensor, batch: int, dtype: torch.dtype) -> _Plan:
 
 
 def _add_shared_prefix(
-    q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix: int, scale: float, out: torch.Tensor, lse: torch.Tensor
+    q: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    prefix: int,
+    scale: float,
+    out: torch.Tensor,
+    lse: torch.Tensor,
 ) -> torch.Tensor:
     """Fold attention over the shared prefix (row 0's copy, read once for the whole batch) into `out`.
 
@@ -144,7 +163,9 @@ def _add_shared_prefix(
     pre = pre.reshape(kv_heads, batch, groups, head_dim).permute(1, 0, 2, 3)
     pre_lse = pre_lse.reshape(kv_heads, batch, groups).permute(1, 0, 2)
     total = torch.logaddexp(lse, pre_lse)
-    return out * torch.exp(lse - total).unsqueeze(-1).to(out.dtype) + pre * torch.exp(pre_lse - total).unsqueeze(-1).to(out.dtype)
+    return out * torch.exp(lse - total).unsqueeze(-1).to(out.dtype) + pre * torch.exp(pre_lse - total).unsqueeze(-1).to(
+        out.dtype
+    )
 
 
 def train_attention(
@@ -161,7 +182,9 @@ def train_attention(
     batch, heads, q_len, head_dim = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     if kv_len != q_len or heads % kv_heads or _special(kwargs) or not _boolean_4d(attention_mask, required=False):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     dtype = torch.bfloat16 if torch.is_autocast_enabled(query.device.type) else query.dtype
     groups = heads // kv_heads
     scale = head_dim**-0.5 if scaling is None else scaling
@@ -171,7 +194,9 @@ def train_attention(
     if attention_mask is None:  # no padding: transformers leaves causality to the attention function
         attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril()[None, None]
     # an additive mask, not masked_fill: its backward is the identity (masked_fill's costs a second pass)
-    bias = torch.zeros(attention_mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~attention_mask, float("-inf"))
+    bias = torch.zeros(attention_mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(
+        ~attention_mask, float("-inf")
+    )
     scores = scores + bias.unsqueeze(1)
     probs = torch.softmax(scores, dim=-1)
     if dropout and module.training:

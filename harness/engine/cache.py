@@ -75,8 +75,12 @@ class ResultCache:
         self._db.close()
 
 
-def generation_key(model_key: str, tokenizer_hash: str, settings: dict[str, Any], messages: list[dict[str, str]], case_hash: str) -> str:
-    return sha256_json({"model": model_key, "tokenizer": tokenizer_hash, "settings": settings, "messages": messages, "case": case_hash})
+def generation_key(
+    model_key: str, tokenizer_hash: str, settings: dict[str, Any], messages: list[dict[str, str]], case_hash: str
+) -> str:
+    return sha256_json(
+        {"model": model_key, "tokenizer": tokenizer_hash, "settings": settings, "messages": messages, "case": case_hash}
+    )
 
 
 def scores_key(gen_key: str, scorers: dict[str, str], suite_hash: str, canaries: tuple[str, ...]) -> str:

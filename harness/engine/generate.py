@@ -13,11 +13,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from harness.engine.attention import shared_prefix
-from harness.suite.suite import GenerationSettings
 from harness.engine.threads import apply_requested_threads
+from harness.suite.suite import GenerationSettings
 
 PRECISIONS = ("float32", "bf16-autocast")
 
@@ -164,7 +171,9 @@ def generate(
             mask[row, prefix_len + width - len(suffix) :] = 1
         cache = _batch_cache(model, prefix_kv, prefix_len, suffixes, width, settings.max_new_tokens, pad_id, device)
         trackers = [JsonObjectTracker(piece_cache, tokenizer.decode) for _ in batch]
-        criteria = StoppingCriteriaList([_StepHook(), *([_JsonEndCriteria(trackers)] if settings.stop_at_json_end else [])])
+        criteria = StoppingCriteriaList(
+            [_StepHook(), *([_JsonEndCriteria(trackers)] if settings.stop_at_json_end else [])]
+        )
         keeper = _KeepFirstLogits(keep_logits) if keep_logits > 0 else None
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
         with torch.inference_mode(), autocast, shared_prefix(prefix_len):
@@ -262,7 +271,10 @@ def _prefill(
     with torch.inference_mode():
         body(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache, use_cache=True)
     return [
-        [(layer.keys[i : i + 1, :, start : start + len(row)], layer.values[i : i + 1, :, start : start + len(row)]) for layer in cache.layers]
+        [
+            (layer.keys[i : i + 1, :, start : start + len(row)], layer.values[i : i + 1, :, start : start + len(row)])
+            for layer in cache.layers
+        ]
         for i, row in enumerate(rows)
     ]
 
@@ -377,9 +389,15 @@ def replay_greedy(
         cache = DynamicCache(config=model.config)
         if prefix_kv is not None:
             for layer_idx, (k, v) in enumerate(prefix_kv):
-                cache.update(k.expand(len(batch), -1, -1, -1).contiguous(), v.expand(len(batch), -1, -1, -1).contiguous(), layer_idx)
+                cache.update(
+                    k.expand(len(batch), -1, -1, -1).contiguous(),
+                    v.expand(len(batch), -1, -1, -1).contiguous(),
+                    layer_idx,
+                )
         with torch.inference_mode():
-            hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = body(
+                input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache, use_cache=True
+            ).last_hidden_state
             for r, i in enumerate(batch):
                 first = len(prompts[i]) - prefix_len - 1  # position whose output is the first generated token
                 steps = len(targets[i])
@@ -392,5 +410,10 @@ def replay_greedy(
                 if known[i].stop_reason == "eos":
                     same = same and picked[-1] in eos_ids
                 if same:
-                    out[i] = replace(known[i], logits=logits[: max(1, min(keep_logits, len(known[i].token_ids)))].cpu().clone() if keep_logits else None)
+                    out[i] = replace(
+                        known[i],
+                        logits=logits[: max(1, min(keep_logits, len(known[i].token_ids)))].cpu().clone()
+                        if keep_logits
+                        else None,
+                    )
     return out

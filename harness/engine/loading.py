@@ -30,7 +30,9 @@ class Runtime:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise HarnessInputError(Problem("--device", f"{device} was asked for but CUDA is not available", "use --device cpu"))
+            raise HarnessInputError(
+                Problem("--device", f"{device} was asked for but CUDA is not available", "use --device cpu")
+            )
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         return Runtime(device, dtype)
 
@@ -39,7 +41,13 @@ def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False) -> PreTrained
     try:
         tok = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any loader failure is the user's folder
-        raise HarnessInputError(Problem(str(ref.path), f"tokenizer could not be loaded ({type(exc).__name__}: {exc})", "check the folder holds tokenizer files")) from None
+        raise HarnessInputError(
+            Problem(
+                str(ref.path),
+                f"tokenizer could not be loaded ({type(exc).__name__}: {exc})",
+                "check the folder holds tokenizer files",
+            )
+        ) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -49,10 +57,20 @@ def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False) -> PreTrained
 def load_model(ref: ModelRef, runtime: Runtime, trust_remote_code: bool = False) -> PreTrainedModel:
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            ref.path, dtype=runtime.dtype, use_safetensors=True, trust_remote_code=trust_remote_code, attn_implementation=attention_for(runtime.device)
+            ref.path,
+            dtype=runtime.dtype,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attention_for(runtime.device),
         )
     except Exception as exc:  # noqa: BLE001
-        raise HarnessInputError(Problem(str(ref.path), f"model could not be loaded ({type(exc).__name__}: {str(exc)[:300]})", "pass a causal-LM folder with config.json and safetensors weights")) from None
+        raise HarnessInputError(
+            Problem(
+                str(ref.path),
+                f"model could not be loaded ({type(exc).__name__}: {str(exc)[:300]})",
+                "pass a causal-LM folder with config.json and safetensors weights",
+            )
+        ) from None
     return model.to(runtime.device).eval()
 
 

@@ -74,12 +74,24 @@ def _find_gguf(spec: EmbeddedModel, workdir: Path) -> tuple[Path, str]:
         wheel = Path(wheel_env)
         if not wheel.is_file():
             raise HarnessInputError(
-                Problem("HARNESS_SMOLLM2_WHEEL", f"{wheel} does not exist", "point it at the downloaded .whl or unset it")
+                Problem(
+                    "HARNESS_SMOLLM2_WHEEL", f"{wheel} does not exist", "point it at the downloaded .whl or unset it"
+                )
             )
         source = f"wheel {wheel}"
     else:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "-d", str(workdir), f"{spec.package}=={spec.version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "-d",
+            str(workdir),
+            f"{spec.package}=={spec.version}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(workdir.glob("*.whl"))
         if proc.returncode != 0 or not wheels:
@@ -96,7 +108,9 @@ def _find_gguf(spec: EmbeddedModel, workdir: Path) -> tuple[Path, str]:
     with zipfile.ZipFile(wheel) as archive:
         members = [m for m in archive.namelist() if m.endswith("/" + spec.gguf_name) or m == spec.gguf_name]
         if not members:
-            raise HarnessInputError(Problem(str(wheel), f"no {spec.gguf_name} inside the wheel", "use the original wheel"))
+            raise HarnessInputError(
+                Problem(str(wheel), f"no {spec.gguf_name} inside the wheel", "use the original wheel")
+            )
         target = workdir / spec.gguf_name
         with archive.open(members[0]) as src, target.open("wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
@@ -107,7 +121,9 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False, quiet: bool = False) ->
     """Provision an embedded model as a standard Hugging Face folder; idempotent and atomic."""
     if name not in EMBEDDED:
         raise HarnessInputError(
-            Problem(f"model {name!r}", "is not an embedded model", f"use one of: {', '.join(EMBEDDED)}, or a local path")
+            Problem(
+                f"model {name!r}", "is not an embedded model", f"use one of: {', '.join(EMBEDDED)}, or a local path"
+            )
         )
     spec = EMBEDDED[name]
     final = embedded_dir(name)
@@ -121,8 +137,11 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False, quiet: bool = False) ->
         digest = sha256_file(gguf_path)
         if digest != spec.gguf_sha256:
             raise HarnessInputError(
-                Problem(str(gguf_path), f"sha256 {digest} does not match the pinned {spec.gguf_sha256}",
-                        f"reinstall {spec.package}=={spec.version}; the file is corrupt or not the pinned release")
+                Problem(
+                    str(gguf_path),
+                    f"sha256 {digest} does not match the pinned {spec.gguf_sha256}",
+                    f"reinstall {spec.package}=={spec.version}; the file is corrupt or not the pinned release",
+                )
             )
         if not quiet:
             print(f"converting {spec.gguf_name} ({source}) into {final}", file=sys.stderr)
@@ -188,11 +207,19 @@ def resolve(spec: str, allow_hub: bool = False) -> ModelRef:
     if path.exists():
         if not (path / "config.json").is_file():
             raise HarnessInputError(
-                Problem(str(path), "is not a Hugging Face model folder (no config.json)", "pass the folder that holds config.json and *.safetensors")
+                Problem(
+                    str(path),
+                    "is not a Hugging Face model folder (no config.json)",
+                    "pass the folder that holds config.json and *.safetensors",
+                )
             )
         if not any(path.glob("*.safetensors")):
             raise HarnessInputError(
-                Problem(str(path), "holds no *.safetensors weights", "convert the weights to safetensors; pickled .bin files are not loaded")
+                Problem(
+                    str(path),
+                    "holds no *.safetensors weights",
+                    "convert the weights to safetensors; pickled .bin files are not loaded",
+                )
             )
         return ModelRef(spec, path.resolve(), {"source": f"local folder {path.resolve()}"})
     if allow_hub and spec.count("/") == 1 and not spec.startswith((".", "/")):

@@ -122,13 +122,20 @@ def _open(plan: Plan, reports_dir: Path) -> Run:
     """Refuse what cannot run before any model loads, then load the base once with every adapter attached."""
     started = time.perf_counter()
     if not plan.cases:
-        raise HarnessInputError(Problem(str(plan.suite.path), "has no cases to evaluate", "add cases, or drop --limit 0"))
+        raise HarnessInputError(
+            Problem(str(plan.suite.path), "has no cases to evaluate", "add cases, or drop --limit 0")
+        )
     others = "-".join(v.name for v in plan.variants if v.kind != "base")
     rid = plan.run_id or run_id_for(plan.suite, plan.slug or f"{plan.base_ref.spec}+{others}")
     run_dir = reports_dir / rid
     if (run_dir / "report.json").exists():
-        raise HarnessInputError(Problem(f"run id {rid}", f"{run_dir} already holds a report",
-                                        "pick another --run-id, or leave it out for a fresh one"))
+        raise HarnessInputError(
+            Problem(
+                f"run id {rid}",
+                f"{run_dir} already holds a report",
+                "pick another --run-id, or leave it out for a fresh one",
+            )
+        )
     options = plan.options
     canaries = tuple(dict.fromkeys(c for v in plan.variants for c in v.canaries)) or options.canaries
     needs_resident = any(v.kind in ("base", "adapter") or v.in_process for v in plan.variants)
@@ -161,9 +168,16 @@ def _identify(run: Run) -> None:
     device_type = torch.device(plan.runtime.device).type
     for v in plan.variants:
         run.rendered[v.name] = [v.prompt_format.render(plan.suite, c) for c in cases]
-        run.generation_keys[v.name] = generation_keys(plan.suite, cases, run.rendered[v.name], run.keys[v.name],
-                                                      tokenizer_sha256(run.tokenizers[v.name]), plan.options,
-                                                      device_type, v.prompt_format)
+        run.generation_keys[v.name] = generation_keys(
+            plan.suite,
+            cases,
+            run.rendered[v.name],
+            run.keys[v.name],
+            tokenizer_sha256(run.tokenizers[v.name]),
+            plan.options,
+            device_type,
+            v.prompt_format,
+        )
 
 
 def _plan_parity(run: Run) -> None:
@@ -221,9 +235,17 @@ def _start_base_worker(run: Run) -> Any:
     cache = run.cache
     keys = run.generation_keys[base_v.name]
     missing = sum(not cache.has("generations", k) for k in keys) if cache is not None else len(keys)
-    run.worker_plan = plan_base_worker(plan.parallel_base, plan.runtime.device, cache is not None, missing, resident.base,
-                                       resident.tokenizer, [plan.suite.chat(c) for c in plan.cases],
-                                       plan.options.batch_size, plan.suite.generation.max_new_tokens)
+    run.worker_plan = plan_base_worker(
+        plan.parallel_base,
+        plan.runtime.device,
+        cache is not None,
+        missing,
+        resident.base,
+        resident.tokenizer,
+        [plan.suite.chat(c) for c in plan.cases],
+        plan.options.batch_size,
+        plan.suite.generation.max_new_tokens,
+    )
     if not run.worker_plan["used"]:
         return None
     # the worker scores with the run's canaries too, so its cached scores are the ones this process looks up
@@ -241,8 +263,11 @@ def _collect_base(run: Run, worker: Any) -> None:
         print(f"harness: {run.worker_plan['reason']}", file=sys.stderr)
     outcome = _eval_resident(run, base_v)
     if worker_timings is not None and outcome.timings["generated_cases"] == 0:
-        outcome.timings = {**worker_timings, "score_s": outcome.timings["score_s"],
-                           "worker": "second process, 1 thread, beside the adapter's decode"}
+        outcome.timings = {
+            **worker_timings,
+            "score_s": outcome.timings["score_s"],
+            "worker": "second process, 1 thread, beside the adapter's decode",
+        }
     run.outcomes[base_v.name] = outcome
     return None
 
@@ -255,9 +280,17 @@ def _eval_resident(run: Run, v: Variant) -> Outcome:
     need = run.parity_needed.get(v.name, set())
     with resident.active(v) as model:
         records, metrics, timings, gens = evaluate(
-            plan.suite, model, tok, plan.options, keep_logits=PARITY_STEPS if need else 0, cache=run.cache,
-            model_key=run.keys[v.name], regenerate=frozenset(plan.cases[i].id for i in need), fmt=v.prompt_format,
-            canaries=run.canaries)
+            plan.suite,
+            model,
+            tok,
+            plan.options,
+            keep_logits=PARITY_STEPS if need else 0,
+            cache=run.cache,
+            model_key=run.keys[v.name],
+            regenerate=frozenset(plan.cases[i].id for i in need),
+            fmt=v.prompt_format,
+            canaries=run.canaries,
+        )
         info: dict[str, Any] = {}
         if v.kind == "adapter":
             info["adapter_findings"] = adapter_findings(model, v.name)
@@ -284,10 +317,15 @@ def _eval_derived_variant(run: Run, v: Variant) -> Outcome:
         info = {}
         run.diagnosis[v.name] += _derived_checks(run, v, model)
         if v.name in run.borrowed:
-            run.diagnosis[v.name].append({
-                "level": "info", "code": "chat_template_borrowed", "variant": v.name,
-                "message": f"{v.name} was prompted with {run.borrowed[v.name]}'s chat template, since its own tokenizer "
-                           "has none: its scores measure the weights, not the tokenizer it ships with"})
+            run.diagnosis[v.name].append(
+                {
+                    "level": "info",
+                    "code": "chat_template_borrowed",
+                    "variant": v.name,
+                    "message": f"{v.name} was prompted with {run.borrowed[v.name]}'s chat template, since its own tokenizer "
+                    "has none: its scores measure the weights, not the tokenizer it ships with",
+                }
+            )
     tok = run.tokenizers[v.name]
     outcome = _eval_derived(run, v, src, model)
     outcome.info = info
@@ -324,17 +362,31 @@ def _eval_derived(run: Run, v: Variant, src: Variant | None, model: Any) -> Outc
         if replayable:
             known = [run.outcomes[src.name].gens[i] for i in replayable]
             prompt_ids = [v.prompt_format.encode(tok, run.rendered[v.name][i]) for i in replayable]
-            replayed = replay_greedy(model, tok, [], known, min(plan.options.batch_size, REPLAY_BATCH), PARITY_STEPS,
-                                     prompt_ids=prompt_ids)
+            replayed = replay_greedy(
+                model, tok, [], known, min(plan.options.batch_size, REPLAY_BATCH), PARITY_STEPS, prompt_ids=prompt_ids
+            )
             provided = {replayable[j]: g for j, g in enumerate(replayed) if g is not None}
             mismatches = len(replayable) - len(provided)
         replay_s = time.perf_counter() - started
     records, metrics, timings, gens = evaluate(
-        plan.suite, model, tok, plan.options, keep_logits=PARITY_STEPS if need else 0, cache=run.cache,
-        model_key=run.keys[v.name], regenerate=frozenset(plan.cases[i].id for i in need), provided=provided,
-        fmt=v.prompt_format, canaries=run.canaries)
-    timings = {**timings, "replay_s": round(replay_s, 3), "replay_mismatches": mismatches,
-               "replayable_cases": len(replayable)}
+        plan.suite,
+        model,
+        tok,
+        plan.options,
+        keep_logits=PARITY_STEPS if need else 0,
+        cache=run.cache,
+        model_key=run.keys[v.name],
+        regenerate=frozenset(plan.cases[i].id for i in need),
+        provided=provided,
+        fmt=v.prompt_format,
+        canaries=run.canaries,
+    )
+    timings = {
+        **timings,
+        "replay_s": round(replay_s, 3),
+        "replay_mismatches": mismatches,
+        "replayable_cases": len(replayable),
+    }
     return Outcome(records, metrics, timings, gens)
 
 
@@ -351,14 +403,21 @@ def _relate(run: Run, training: dict[str, Any] | None) -> tuple[dict[str, Any], 
         cached = run.cached_parity[d.name]
         per = [cached[i] if i in cached else _case_relation(a[i], b[i], comparable) for i in range(len(ids))]
         if run.cache is not None and comparable:
-            run.cache.put_many("parity", [(run.parity_keys[d.name][i], p) for i, p in enumerate(per) if i not in cached])
+            run.cache.put_many(
+                "parity", [(run.parity_keys[d.name][i], p) for i, p in enumerate(per) if i not in cached]
+            )
         per_case[d.name] = per
         thresholds = parity_thresholds(d.kind, (run.storage.get(d.name) or {}).get("file_type"))
         note = _relation_note(plan, d, run.outcomes[d.name].info, run.storage.get(d.name), training)
         rel = summarize_parity(ids, per, note, thresholds)
         same = sum(1 for i in range(len(ids)) if _same_prompt(run, plan.by_name[src], d, i))
-        rel.update(source=src, diagnosis=run.diagnosis[d.name], weights=run.weight_checks.get(d.name),
-                   comparable_tokens=comparable, same_prompts=same)
+        rel.update(
+            source=src,
+            diagnosis=run.diagnosis[d.name],
+            weights=run.weight_checks.get(d.name),
+            comparable_tokens=comparable,
+            same_prompts=same,
+        )
         relations[d.name] = rel
     return relations, per_case
 
@@ -373,23 +432,40 @@ def _findings(run: Run, relations: dict[str, Any]) -> list[dict[str, Any]]:
         if not rel["passed"]:
             cause = next((f["message"] for f in diagnosis if f["level"] == "error"), None)
             code = "derived_parity" if d.kind != "merged" or not d.in_process else "merge_parity"
-            findings.append({"level": "error", "code": code, "variant": d.name,
-                             "message": f"{d.name} differs from {rel['source']}: {rel['explanation']}"
-                                        + (f"; likely cause: {cause}" if cause else "")})
+            findings.append(
+                {
+                    "level": "error",
+                    "code": code,
+                    "variant": d.name,
+                    "message": f"{d.name} differs from {rel['source']}: {rel['explanation']}"
+                    + (f"; likely cause: {cause}" if cause else ""),
+                }
+            )
     base_v, resident = run.base, run.resident
     n = len(run.plan.cases)
     for v in run.plan.variants:
         if v.kind != "adapter":
             continue
         findings += [{**f, "variant": v.name} for f in run.outcomes[v.name].info.get("adapter_findings", [])]
-        if base_v is not None and outputs_identical_everywhere(run.outcomes[base_v.name].gens, run.outcomes[v.name].gens):
-            findings.append({"level": "error", "code": "adapter_no_effect", "variant": v.name,
-                             "message": f"{v.name}'s outputs equal the base model's on all {n} cases: "
-                                        "it was not applied or learned nothing"})
+        if base_v is not None and outputs_identical_everywhere(
+            run.outcomes[base_v.name].gens, run.outcomes[v.name].gens
+        ):
+            findings.append(
+                {
+                    "level": "error",
+                    "code": "adapter_no_effect",
+                    "variant": v.name,
+                    "message": f"{v.name}'s outputs equal the base model's on all {n} cases: "
+                    "it was not applied or learned nothing",
+                }
+            )
         if resident is not None and run.tokenizers[v.name] is not resident.tokenizer:
             chat = v.prompt_format.kind == "chat"
-            findings += [f for f in tokenizer_findings(v.name, run.tokenizers[v.name], "the base", resident.tokenizer, chat)
-                         if f["level"] != "info"]
+            findings += [
+                f
+                for f in tokenizer_findings(v.name, run.tokenizers[v.name], "the base", resident.tokenizer, chat)
+                if f["level"] != "info"
+            ]
     return findings
 
 
@@ -403,7 +479,9 @@ def _case_rows(run: Run, per_case: dict[str, list[dict[str, Any]]]) -> list[dict
         row["variants"] = {}
         for v in variants:
             record = run.outcomes[v.name].records[i]
-            row["variants"][v.name] = {k: record[k] for k in ("output", "stop_reason", "new_tokens", "extraction", "scores")}
+            row["variants"][v.name] = {
+                k: record[k] for k in ("output", "stop_reason", "new_tokens", "extraction", "scores")
+            }
             if "prompt" in record:
                 row["variants"][v.name]["prompt"] = record["prompt"]
         row["relations"] = {d.name: per_case[d.name][i] for d in derived}
@@ -417,17 +495,25 @@ def _variant_block(run: Run, v: Variant) -> dict[str, Any]:
     """One variant's entry in the report: identity, metrics, timings, tokenizer and how it was made."""
     o, resident = run.outcomes[v.name], run.resident
     on_base = resident is not None and v.kind in ("base", "adapter")
-    block: dict[str, Any] = {**v.to_json(), "metrics": o.metrics, "timings": o.timings,
-                             "tokenizer": tokenizer_summary(run.raw_tokenizers.get(v.name, run.tokenizers[v.name])),
-                             "weights_sha256": resident.base_hash if on_base and resident is not None else None}
+    block: dict[str, Any] = {
+        **v.to_json(),
+        "metrics": o.metrics,
+        "timings": o.timings,
+        "tokenizer": tokenizer_summary(run.raw_tokenizers.get(v.name, run.tokenizers[v.name])),
+        "weights_sha256": resident.base_hash if on_base and resident is not None else None,
+    }
     if v.kind == "adapter":
         block["adapter_sha256"] = next(s["sha256"] for s in v.sources if s["role"] == "adapter")
         block["adapter_config"] = v.adapter_config
         block["training"] = _training_summary(v.training)
     if v.in_process:
         export = {k: o.info[k] for k in ("requested", "merged_in", "export_dtype", "evaluated_in", "rounded")}
-        block.update(weights_sha256=o.info.get("weights_sha256"), path=o.info.get("path"), export=export,
-                     **{k: o.info[k] for k in ("class", "parameters", "dtype") if k in o.info})
+        block.update(
+            weights_sha256=o.info.get("weights_sha256"),
+            path=o.info.get("path"),
+            export=export,
+            **{k: o.info[k] for k in ("class", "parameters", "dtype") if k in o.info},
+        )
     elif v.kind in ("merged", "gguf"):
         block["path"] = str(v.path)
         if v.kind == "gguf":
@@ -435,8 +521,14 @@ def _variant_block(run: Run, v: Variant) -> dict[str, Any]:
     return block
 
 
-def _report(run: Run, rows: list[dict[str, Any]], relations: dict[str, Any], findings: list[dict[str, Any]],
-            training: dict[str, Any] | None, reports_dir: Path) -> dict[str, Any]:
+def _report(
+    run: Run,
+    rows: list[dict[str, Any]],
+    relations: dict[str, Any],
+    findings: list[dict[str, Any]],
+    training: dict[str, Any] | None,
+    reports_dir: Path,
+) -> dict[str, Any]:
     """report.json: headline and deltas per pair, relations, findings, hygiene, safety, flips and the gates."""
     plan, resident = run.plan, run.resident
     variants_block = {v.name: _variant_block(run, v) for v in plan.variants}
@@ -446,10 +538,13 @@ def _report(run: Run, rows: list[dict[str, Any]], relations: dict[str, Any], fin
     report: dict[str, Any] = {
         **report_header(plan.kind, run.id, plan.suite, len(rows), plan.options, plan.runtime),
         "run_file": plan.source,
-        "model": {"spec": plan.base_ref.spec, "path": str(plan.base_ref.path),
-                  "weights_sha256": resident.base_hash if resident else None,
-                  "tokenizer_sha256": tokenizer_sha256(resident.tokenizer) if resident else None,
-                  "provenance": plan.base_ref.provenance},
+        "model": {
+            "spec": plan.base_ref.spec,
+            "path": str(plan.base_ref.path),
+            "weights_sha256": resident.base_hash if resident else None,
+            "tokenizer_sha256": tokenizer_sha256(resident.tokenizer) if resident else None,
+            "provenance": plan.base_ref.provenance,
+        },
         "variant_order": [v.name for v in plan.variants],
         "variants": variants_block,
         "headline": headline,
@@ -460,21 +555,30 @@ def _report(run: Run, rows: list[dict[str, Any]], relations: dict[str, Any], fin
         # one adapter's hygiene where readers expect one
         "hygiene": next(iter(hygiene.values())) if len(hygiene) == 1 else None,
         "hygiene_by_variant": hygiene,
-        "timings": {"load_s": round(run.loaded_at - run.started, 3), "total_s": round(time.perf_counter() - run.started, 3),
-                    "base_worker": run.worker_plan},
+        "timings": {
+            "load_s": round(run.loaded_at - run.started, 3),
+            "total_s": round(time.perf_counter() - run.started, 3),
+            "base_worker": run.worker_plan,
+        },
         "cache": run.cache.stats() if run.cache is not None else None,
     }
     adapters = [v for v in plan.variants if v.kind == "adapter"]
     if len(adapters) == 1:
         a = adapters[0]
-        report["adapter"] = {"name": a.name, "path": str(a.path), "sha256": variants_block[a.name]["adapter_sha256"],
-                             "config": a.adapter_config}
+        report["adapter"] = {
+            "name": a.name,
+            "path": str(a.path),
+            "sha256": variants_block[a.name]["adapter_sha256"],
+            "config": a.adapter_config,
+        }
     if len(run.derived) == 1:
         report["parity"] = relations[run.derived[0].name]
     report["retention"] = _retention_block(run.retention) if run.retention else None
     report["safety_findings"] = [
         {"variant": v.name, "case": row["id"], "detector": s["scorer"], "explanation": s["explanation"]}
-        for row in rows for v in plan.variants for s in row["variants"][v.name]["scores"]
+        for row in rows
+        for v in plan.variants
+        for s in row["variants"][v.name]["scores"]
         if s["scorer"].startswith("safety:") and s["value"] == 0.0
     ]
     champ_id, champ_rows, champ_variant = champion_rows(reports_dir)
@@ -482,9 +586,14 @@ def _report(run: Run, rows: list[dict[str, Any]], relations: dict[str, Any], fin
     report["flips"] = {f"{a}->{b}": flips(rows, a, b, flip_on) for a, b in pairs}
     if champ_rows is not None:
         for v in adapters:
-            report["flips"][f"champion->{v.name}"] = flips(rows, champ_variant or v.name, v.name, flip_on, other_rows=champ_rows)
-    report["gates"] = (evaluate_gates(plan.policy, report, rows, champ_rows, champ_id, champ_variant)
-                       if plan.policy is not None else None)
+            report["flips"][f"champion->{v.name}"] = flips(
+                rows, champ_variant or v.name, v.name, flip_on, other_rows=champ_rows
+            )
+    report["gates"] = (
+        evaluate_gates(plan.policy, report, rows, champ_rows, champ_id, champ_variant)
+        if plan.policy is not None
+        else None
+    )
     return report
 
 
@@ -497,7 +606,9 @@ def _same_prompt(run: Run, a: Variant, b: Variant, i: int) -> bool:
 def _headline(metrics: dict[str, Any], scorers: tuple[str, ...]) -> dict[str, float | None]:
     """The registry's headline metrics, then each label's accuracy and macro-F1."""
     o = metrics["overall"]
-    out: dict[str, float | None] = {k: (o["scores"].get(k) or o.get(k) or {}).get("value") for k in headline_metrics(scorers)}
+    out: dict[str, float | None] = {
+        k: (o["scores"].get(k) or o.get(k) or {}).get("value") for k in headline_metrics(scorers)
+    }
     for label, f in o["fields"].items():
         out[f"{label}_accuracy"] = f["accuracy"]["value"]
         out[f"{label}_macro_f1"] = f["macro_f1"]
@@ -535,8 +646,16 @@ def _prompt_ids(v: Variant, tok: Any, rendered: dict[str, list[Any]], i: int) ->
 def _case_relation(a: Generation, b: Generation, comparable: bool) -> dict[str, Any]:
     if comparable and a.logits is not None and b.logits is not None:
         return case_parity(a, b)
-    return {"steps": 0, "compared_steps": 0, "token_agreement": 1.0 if a.text == b.text else 0.0, "first_divergence": None if a.text == b.text else 0,
-            "max_abs_logit_diff": None, "mean_kl": None, "identical_output": a.text == b.text, "text_only": True}
+    return {
+        "steps": 0,
+        "compared_steps": 0,
+        "token_agreement": 1.0 if a.text == b.text else 0.0,
+        "first_divergence": None if a.text == b.text else 0,
+        "max_abs_logit_diff": None,
+        "mean_kl": None,
+        "identical_output": a.text == b.text,
+        "text_only": True,
+    }
 
 
 def _derived_checks(run: Run, v: Variant, model: Any) -> list[dict[str, Any]]:
@@ -568,7 +687,9 @@ def _derived_checks(run: Run, v: Variant, model: Any) -> list[dict[str, Any]]:
         kind = _stored_dtype(v.path) or kind
     quantized = v.kind == "gguf" and str(kind).upper() not in ("F32", "ALL_F32", "F16", "BF16")
     storage = f"{kind}" + (" GGUF" if v.kind == "gguf" else "")
-    w = weight_diagnosis(v.name, derived_state, base_state, deltas, adapter.name if adapter else None, storage, quantized)
+    w = weight_diagnosis(
+        v.name, derived_state, base_state, deltas, adapter.name if adapter else None, storage, quantized
+    )
     run.weight_checks[v.name] = {k: val for k, val in w.items() if k != "findings"}
     out += w["findings"]
     del base_state, derived_state
@@ -584,14 +705,26 @@ def _stored_dtype(folder: Path) -> str | None:
     return str(value) if value else None
 
 
-def _relation_note(plan: Plan, v: Variant, info: dict[str, Any], storage: dict[str, Any] | None, training: dict[str, Any] | None) -> str:
+def _relation_note(
+    plan: Plan, v: Variant, info: dict[str, Any], storage: dict[str, Any] | None, training: dict[str, Any] | None
+) -> str:
     src = plan.by_name[str(v.derived_from)]
     trained_nf4 = bool(((src.training or training) or {}).get("precision", {}).get("weights") == "nf4")
     if v.in_process:
-        return (f"merged here into the original (unquantized) base weights in {info['merged_in']}, exported as {info['export_dtype']}"
-                + (" (the base checkpoint's dtype)" if v.merge_dtype == "auto" else "")
-                + (f", weights rounded to it and evaluated in {info['evaluated_in']}" if info["evaluated_in"] != info["export_dtype"] else "")
-                + ("; the adapter was trained against nf4-dequantized weights, so small differences are expected" if trained_nf4 else ""))
+        return (
+            f"merged here into the original (unquantized) base weights in {info['merged_in']}, exported as {info['export_dtype']}"
+            + (" (the base checkpoint's dtype)" if v.merge_dtype == "auto" else "")
+            + (
+                f", weights rounded to it and evaluated in {info['evaluated_in']}"
+                if info["evaluated_in"] != info["export_dtype"]
+                else ""
+            )
+            + (
+                "; the adapter was trained against nf4-dequantized weights, so small differences are expected"
+                if trained_nf4
+                else ""
+            )
+        )
     if v.kind == "gguf":
         ft = (storage or {}).get("file_type") or "unknown type"
         return f"GGUF file ({ft}) loaded through transformers' GGUF support (dequantized to {dtype_name(plan.runtime.dtype)}), compared with {src.name}"
@@ -601,7 +734,16 @@ def _relation_note(plan: Plan, v: Variant, info: dict[str, Any], storage: dict[s
 def _training_summary(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     if not meta:
         return None
-    keep = ("name", "config_hash", "steps", "tokens_per_s", "train_loss", "validation_loss", "precision", "prompt_format")
+    keep = (
+        "name",
+        "config_hash",
+        "steps",
+        "tokens_per_s",
+        "train_loss",
+        "validation_loss",
+        "precision",
+        "prompt_format",
+    )
     return {k: meta.get(k) for k in keep if k in meta}
 
 
@@ -619,14 +761,23 @@ def _hygiene(plan: Plan, training: dict[str, Any] | None) -> dict[str, Any]:
             continue
         if v.training_data is None:
             continue
-        from harness.training.data import load_examples, split
         from harness.training.config import DataConfig
+        from harness.training.data import load_examples, split
 
         td = v.training_data
-        cfg = DataConfig(path=td.path, format=td.format, template=td.template, system_prompt=td.system_prompt, validation_fraction=0.0)
+        cfg = DataConfig(
+            path=td.path,
+            format=td.format,
+            template=td.template,
+            system_prompt=td.system_prompt,
+            validation_fraction=0.0,
+        )
         examples, sha = load_examples(cfg, None)
         data = split(examples, 0.0, 0, sha)
-        out[v.name] = {**hygiene_report(td.path, data, plan.suite, {}, 0), "source": "training data named in the run file"}
+        out[v.name] = {
+            **hygiene_report(td.path, data, plan.suite, {}, 0),
+            "source": "training data named in the run file",
+        }
     return out
 
 
@@ -635,21 +786,40 @@ def _retention(plan: Plan, model: Any, tok: Any, name: str, key: str) -> dict[st
     from harness.runs.retention import run_retention
 
     assert plan.retention_dir is not None
-    return run_retention(model, tok, name, plan.retention_dir, cache_dir() / "lm_eval", limit=plan.retention_limit,
-                         batch_size=min(plan.options.batch_size, FORWARD_BATCH), cache_key=key)
+    return run_retention(
+        model,
+        tok,
+        name,
+        plan.retention_dir,
+        cache_dir() / "lm_eval",
+        limit=plan.retention_limit,
+        batch_size=min(plan.options.batch_size, FORWARD_BATCH),
+        cache_key=key,
+    )
 
 
 def _retention_block(results: dict[str, Any]) -> dict[str, Any]:
     """Per variant and task: the rate with its Wilson interval and the per-item outcomes the gate pairs."""
     from harness.stats import wilson
 
-    out: dict[str, Any] = {"variants": {}, "wall_s": {v: r["wall_s"] for v, r in results.items()}, "lm_eval": next(iter(results.values()))["lm_eval"]}
+    out: dict[str, Any] = {
+        "variants": {},
+        "wall_s": {v: r["wall_s"] for v, r in results.items()},
+        "lm_eval": next(iter(results.values()))["lm_eval"],
+    }
     for variant, r in results.items():
         block = {}
         for task, res in r["tasks"].items():
             items = {k: float(v) for k, v in res["items"].items()}
             k = int(sum(items.values()))
             ci = wilson(k, len(items))
-            block[task] = {"metric": res["metric"], "value": res["value"], "ci95": list(ci) if ci else None, "n": res["n"], "items": items, "version": res.get("version")}
+            block[task] = {
+                "metric": res["metric"],
+                "value": res["value"],
+                "ci95": list(ci) if ci else None,
+                "n": res["n"],
+                "items": items,
+                "version": res.get("version"),
+            }
         out["variants"][variant] = block
     return out

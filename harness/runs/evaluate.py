@@ -14,17 +14,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from harness import REPORT_SCHEMA_VERSION
 from harness.engine import attention
-from harness.env import hardware, package_versions, tokenizer_sha256, weights_sha256
-from harness.io import sha256_json
 from harness.engine.cache import ResultCache, generation_key, scores_key
-from harness.scoring.extract import extract_json
 from harness.engine.generate import Generation, generate
 from harness.engine.loading import Runtime, attention_for, describe_model, load_model, load_tokenizer
+from harness.env import hardware, package_versions, tokenizer_sha256, weights_sha256
+from harness.io import sha256_json
 from harness.models.embedded import ModelRef
-from harness.variants.prompts import CHAT, PromptFormat, Rendered
 from harness.runs.report import write_report
+from harness.scoring.extract import extract_json
 from harness.scoring.registry import METRICS, aggregate, build_scorers, metric_definitions, score_case, scorer_versions
 from harness.suite.suite import Case, Suite
+from harness.variants.prompts import CHAT, PromptFormat, Rendered
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,12 @@ def scoring_hash(suite: Suite) -> str:
     tone = asdict(suite.tone) if suite.tone is not None else None
     if tone:
         tone.pop("source", None)
-    parts: dict[str, Any] = {"contract": suite.contract, "tone": tone, "system_prompt": suite.system_prompt, "labels": list(suite.labels)}
+    parts: dict[str, Any] = {
+        "contract": suite.contract,
+        "tone": tone,
+        "system_prompt": suite.system_prompt,
+        "labels": list(suite.labels),
+    }
     if suite.judge is not None:  # only then: the default suites keep their cache keys
         parts["judge"] = suite.judge
     return sha256_json(parts)
@@ -62,13 +67,30 @@ def prompt_key(fmt: PromptFormat, rendered: Rendered) -> Any:
     return rendered if fmt.is_default else {"format": fmt.to_json(), "prompt": rendered}
 
 
-def generation_keys(suite: Suite, cases: Sequence[Case], chats: Sequence[Rendered], model_key: str, tokenizer_hash: str, options: EvalOptions, device: str,
-                    fmt: PromptFormat = CHAT) -> list[str]:
+def generation_keys(
+    suite: Suite,
+    cases: Sequence[Case],
+    chats: Sequence[Rendered],
+    model_key: str,
+    tokenizer_hash: str,
+    options: EvalOptions,
+    device: str,
+    fmt: PromptFormat = CHAT,
+) -> list[str]:
     name = attention_for(device)
     # the decode arithmetic is part of what produced a cached output: a changed kernel must not reuse it
     version = attention.DECODE_VERSION if name == attention.NAME else None
-    settings = {**asdict(suite.generation), "precision": options.precision, "device": device, "attention": name, "attention_version": version}
-    return [generation_key(model_key, tokenizer_hash, settings, prompt_key(fmt, chat), case.content_hash) for case, chat in zip(cases, chats)]
+    settings = {
+        **asdict(suite.generation),
+        "precision": options.precision,
+        "device": device,
+        "attention": name,
+        "attention_version": version,
+    }
+    return [
+        generation_key(model_key, tokenizer_hash, settings, prompt_key(fmt, chat), case.content_hash)
+        for case, chat in zip(cases, chats)
+    ]
 
 
 def evaluate(
@@ -95,7 +117,9 @@ def evaluate(
         raise ValueError("zero cases to evaluate")
     chats = [fmt.render(suite, c) for c in cases]
     canaries = options.canaries if canaries is None else canaries
-    scorers = build_scorers(suite, canaries)  # before any generation: a broken judge fails in a second, not after a decode
+    scorers = build_scorers(
+        suite, canaries
+    )  # before any generation: a broken judge fails in a second, not after a decode
     device = next(model.parameters()).device.type
     keys: list[str] | None = None
     outputs: list[Generation | None] = [None] * len(cases)
@@ -104,7 +128,12 @@ def evaluate(
         for i, (case, key) in enumerate(zip(cases, keys)):
             hit = None if case.id in regenerate else cache.get("generations", key)
             if hit is not None:
-                outputs[i] = Generation(text=hit["text"], token_ids=tuple(hit["token_ids"]), stop_reason=hit["stop_reason"], prompt_tokens=hit["prompt_tokens"])
+                outputs[i] = Generation(
+                    text=hit["text"],
+                    token_ids=tuple(hit["token_ids"]),
+                    stop_reason=hit["stop_reason"],
+                    prompt_tokens=hit["prompt_tokens"],
+                )
     replayed = [i for i in (provided or {}) if outputs[i] is None or cases[i].id in regenerate]
     for i in replayed:
         outputs[i] = (provided or {})[i]
@@ -112,13 +141,37 @@ def evaluate(
     t0 = time.perf_counter()
     if todo:
         ids = [fmt.encode(tokenizer, chats[i]) for i in todo]
-        fresh = generate(model, tokenizer, [], suite.generation, batch_size=options.batch_size, precision=options.precision, progress=options.progress,
-                         keep_logits=keep_logits, prompt_ids=ids)
+        fresh = generate(
+            model,
+            tokenizer,
+            [],
+            suite.generation,
+            batch_size=options.batch_size,
+            precision=options.precision,
+            progress=options.progress,
+            keep_logits=keep_logits,
+            prompt_ids=ids,
+        )
         for i, g in zip(todo, fresh):
             outputs[i] = g
     if cache is not None and keys is not None:
         new = [(i, outputs[i]) for i in todo + replayed]
-        cache.put_many("generations", [(keys[i], {"text": g.text, "token_ids": list(g.token_ids), "stop_reason": g.stop_reason, "prompt_tokens": g.prompt_tokens}) for i, g in new if g is not None])
+        cache.put_many(
+            "generations",
+            [
+                (
+                    keys[i],
+                    {
+                        "text": g.text,
+                        "token_ids": list(g.token_ids),
+                        "stop_reason": g.stop_reason,
+                        "prompt_tokens": g.prompt_tokens,
+                    },
+                )
+                for i, g in new
+                if g is not None
+            ],
+        )
     t1 = time.perf_counter()
     gens = [g for g in outputs if g is not None]
     versions, s_hash = scorer_versions(suite.scorers), scoring_hash(suite)
@@ -127,7 +180,11 @@ def evaluate(
     for i, (case, chat, gen) in enumerate(zip(cases, chats, gens)):
         ext = extract_json(gen.text)
         skey = scores_key(keys[i], versions, s_hash, canaries) if keys is not None else None
-        scores = cache.get("scores", skey) if cache is not None and skey is not None and i not in todo and i not in replayed else None
+        scores = (
+            cache.get("scores", skey)
+            if cache is not None and skey is not None and i not in todo and i not in replayed
+            else None
+        )
         if scores is None:
             scores = [s.to_json() for s in score_case(gen.text, ext, case, suite, scorers)]
             if skey is not None:
@@ -144,7 +201,14 @@ def evaluate(
                 "stop_reason": gen.stop_reason,
                 "prompt_tokens": gen.prompt_tokens,
                 "new_tokens": len(gen.token_ids),
-                "extraction": {"found": ext.obj is not None, "strict": ext.strict, "problem": ext.problem, "span": ext.span, "object": ext.obj, "detail": ext.detail},
+                "extraction": {
+                    "found": ext.obj is not None,
+                    "strict": ext.strict,
+                    "problem": ext.problem,
+                    "span": ext.span,
+                    "object": ext.obj,
+                    "detail": ext.detail,
+                },
                 "scores": scores,
                 "case_hash": case.content_hash,
                 "cached": i not in todo and i not in replayed,
@@ -169,14 +233,22 @@ def evaluate(
     return records, metrics, timings, gens
 
 
-def report_header(kind: str, run_id: str, suite: Suite, n_cases: int, options: EvalOptions, runtime: Runtime) -> dict[str, Any]:
+def report_header(
+    kind: str, run_id: str, suite: Suite, n_cases: int, options: EvalOptions, runtime: Runtime
+) -> dict[str, Any]:
     """The part every report shares: what ran, on what, with which settings."""
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": kind,
         "run_id": run_id,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "suite": {"name": suite.name, "version": suite.version, "content_hash": suite.content_hash, "path": str(suite.path), "n_cases": n_cases},
+        "suite": {
+            "name": suite.name,
+            "version": suite.version,
+            "content_hash": suite.content_hash,
+            "path": str(suite.path),
+            "n_cases": n_cases,
+        },
         "generation": {
             "decoding": "greedy",
             "max_new_tokens": suite.generation.max_new_tokens,

@@ -12,20 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.runs.compare import run_variants
-from harness.runs.resident import Plan, export_dtype
-from harness.errors import HarnessInputError, Problem
-from harness.verdict.gates import GatePolicy
 from harness.engine.loading import Runtime
+from harness.errors import HarnessInputError, Problem
 from harness.models.embedded import ModelRef
+from harness.runs.compare import run_variants
 from harness.runs.evaluate import EvalOptions
+from harness.runs.resident import Plan, export_dtype
 from harness.suite.suite import Suite
 from harness.variants.spec import VariantSpec, resolve_variants
+from harness.verdict.gates import GatePolicy
+
 
 def pipeline_variants(adapter_dir: Path, merge_dtype: str = "auto") -> tuple[VariantSpec, ...]:
     """The three variants every pipeline run evaluates, named as every earlier report named them."""
-    return (VariantSpec("base", "base"), VariantSpec("adapter", "adapter", path=str(adapter_dir)),
-            VariantSpec("merged", "merged", derived_from="adapter", merge_dtype=merge_dtype))  # type: ignore[arg-type]
+    return (
+        VariantSpec("base", "base"),
+        VariantSpec("adapter", "adapter", path=str(adapter_dir)),
+        VariantSpec("merged", "merged", derived_from="adapter", merge_dtype=merge_dtype),
+    )  # type: ignore[arg-type]
 
 
 def run_pipeline(
@@ -49,10 +53,29 @@ def run_pipeline(
     None decides from the device, the cache, the cores, the memory and the number of cases to decode.
     """
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise HarnessInputError(Problem(str(adapter_dir), "is not a PEFT adapter folder (no adapter_config.json)", "pass the adapter/ folder of a trained candidate"))
+        raise HarnessInputError(
+            Problem(
+                str(adapter_dir),
+                "is not a PEFT adapter folder (no adapter_config.json)",
+                "pass the adapter/ folder of a trained candidate",
+            )
+        )
     export_dtype(merge_dtype, base_ref)  # a bad value is an input error before any model work
-    variants = resolve_variants(pipeline_variants(adapter_dir, merge_dtype), suite.system_prompt, "harness pipeline", base_ref.spec)
-    plan = Plan(suite, base_ref, variants, options, Runtime.pick(device), policy=policy, run_id=run_id, kind="pipeline",
-                retention_dir=retention_dir, retention_limit=retention_limit, parallel_base=parallel_base,
-                slug=f"{base_ref.spec}+{adapter_dir.parent.name}")
+    variants = resolve_variants(
+        pipeline_variants(adapter_dir, merge_dtype), suite.system_prompt, "harness pipeline", base_ref.spec
+    )
+    plan = Plan(
+        suite,
+        base_ref,
+        variants,
+        options,
+        Runtime.pick(device),
+        policy=policy,
+        run_id=run_id,
+        kind="pipeline",
+        retention_dir=retention_dir,
+        retention_limit=retention_limit,
+        parallel_base=parallel_base,
+        slug=f"{base_ref.spec}+{adapter_dir.parent.name}",
+    )
     return run_variants(plan, reports_dir, training=training)

@@ -11,21 +11,27 @@ from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
-from harness.runs.resident import Plan
-from harness.errors import HarnessInputError, Problem
-from harness.verdict.gates import GATES_FILE, GatePolicy, load_policy
 from harness.engine.loading import Runtime
+from harness.errors import HarnessInputError, Problem
 from harness.models.embedded import resolve
 from harness.runs.evaluate import EvalOptions
+from harness.runs.resident import Plan
 from harness.suite.suite import load_suite
 from harness.variants.spec import DataFormat, RunSpec, TrainingData, VariantSpec, load_run_file, resolve_variants
+from harness.verdict.gates import GATES_FILE, GatePolicy, load_policy
 
 
 def parse_variant_flag(kind: str, value: str) -> VariantSpec:
     """`NAME=PATH` or `NAME=PATH@FROM` (the variant it derives from), as `harness compare` flags take them."""
     name, sep, rest = value.partition("=")
     if not sep or not name or not rest:
-        raise HarnessInputError(Problem(f"--{kind} {value}", "is not NAME=PATH", f"e.g. --{kind} mine=path/to/it" + ("@adapter-name" if kind != "adapter" else "")))
+        raise HarnessInputError(
+            Problem(
+                f"--{kind} {value}",
+                "is not NAME=PATH",
+                f"e.g. --{kind} mine=path/to/it" + ("@adapter-name" if kind != "adapter" else ""),
+            )
+        )
     path, at, source = rest.rpartition("@") if "@" in rest else (rest, "", "")
     return VariantSpec(name=name, kind=kind, path=path if at else rest, derived_from=source or None)  # type: ignore[arg-type]
 
@@ -39,40 +45,71 @@ def parse_training_data_flags(values: list[str], adapters: list[str]) -> dict[st
         name, sep, rest = value.partition("=")
         path, colon, fmt = rest.rpartition(":") if rest.rpartition(":")[2] in formats else (rest, "", "messages")
         if not sep or not name or not path:
-            raise HarnessInputError(Problem(f"--training-data {value}", "is not NAME=FILE[:FORMAT]",
-                                            "e.g. --training-data mine=data/train.jsonl (or data/train.jsonl:instruction)"))
+            raise HarnessInputError(
+                Problem(
+                    f"--training-data {value}",
+                    "is not NAME=FILE[:FORMAT]",
+                    "e.g. --training-data mine=data/train.jsonl (or data/train.jsonl:instruction)",
+                )
+            )
         if name in out:
-            raise HarnessInputError(Problem(f"--training-data {value}", f"names {name!r} twice", "give one file per adapter"))
+            raise HarnessInputError(
+                Problem(f"--training-data {value}", f"names {name!r} twice", "give one file per adapter")
+            )
         out[name] = TrainingData(path=path, format=fmt)  # type: ignore[arg-type]
     known = {parse_variant_flag("adapter", a).name for a in adapters}
     for name in out:
         if name not in known:
             hint = ", ".join(sorted(known)) or "none given"
-            raise HarnessInputError(Problem(f"--training-data {name}=...", f"names no --adapter variant (adapters: {hint})",
-                                            "use the NAME of an --adapter NAME=DIR flag"))
+            raise HarnessInputError(
+                Problem(
+                    f"--training-data {name}=...",
+                    f"names no --adapter variant (adapters: {hint})",
+                    "use the NAME of an --adapter NAME=DIR flag",
+                )
+            )
     return out
 
 
-def spec_from_flags(suite: str, base: str, adapters: list[str], merged: list[str], ggufs: list[str], with_base: bool = True,
-                    training_data: list[str] | None = None) -> RunSpec:
+def spec_from_flags(
+    suite: str,
+    base: str,
+    adapters: list[str],
+    merged: list[str],
+    ggufs: list[str],
+    with_base: bool = True,
+    training_data: list[str] | None = None,
+) -> RunSpec:
     """A run spec from flags: the base (unless left out), then adapters, merged folders and GGUF files in that order."""
     data = parse_training_data_flags(training_data or [], adapters)
-    variants = ([VariantSpec("base", "base")] if with_base else [])
-    variants += [replace(s, training_data=data.get(s.name)) for s in (parse_variant_flag("adapter", a) for a in adapters)]
+    variants = [VariantSpec("base", "base")] if with_base else []
+    variants += [
+        replace(s, training_data=data.get(s.name)) for s in (parse_variant_flag("adapter", a) for a in adapters)
+    ]
     variants += [parse_variant_flag("merged", m) for m in merged]
     variants += [parse_variant_flag("gguf", g) for g in ggufs]
     return RunSpec(suite=suite, variants=tuple(variants), base=base, source="command-line flags")
 
 
-def plan_run(run: Path | RunSpec, options: EvalOptions, device: str = "auto", run_id: str | None = None,
-             policy_override: GatePolicy | None = None, gates_path: Path | None = None) -> Plan:
+def plan_run(
+    run: Path | RunSpec,
+    options: EvalOptions,
+    device: str = "auto",
+    run_id: str | None = None,
+    policy_override: GatePolicy | None = None,
+    gates_path: Path | None = None,
+) -> Plan:
     """Resolve a run file (or a spec built from flags) into a Plan: suite, base, variants, policy."""
     spec = load_run_file(run) if isinstance(run, Path) else run
     where = spec.source or "run"
     suite = load_suite(spec.suite)
-    variants = resolve_variants(spec.variants, suite.system_prompt, where, spec.base)  # every mistake before any training
+    variants = resolve_variants(
+        spec.variants, suite.system_prompt, where, spec.base
+    )  # every mistake before any training
     if any(v.preset for v in spec.variants):
-        variants = resolve_variants(tuple(_trained(v, spec.base) for v in spec.variants), suite.system_prompt, where, spec.base)
+        variants = resolve_variants(
+            tuple(_trained(v, spec.base) for v in spec.variants), suite.system_prompt, where, spec.base
+        )
     names = [v.name for v in variants]
     policy: GatePolicy | None
     if policy_override is not None:
@@ -88,8 +125,17 @@ def plan_run(run: Path | RunSpec, options: EvalOptions, device: str = "auto", ru
         default = suite.path / GATES_FILE
         policy = load_policy(default, names) if default.is_file() else None
     base_ref = resolve(spec.base)
-    return Plan(suite, base_ref, variants, options, Runtime.pick(device), policy=policy,
-                run_id=run_id, kind="compare", source=where)
+    return Plan(
+        suite,
+        base_ref,
+        variants,
+        options,
+        Runtime.pick(device),
+        policy=policy,
+        run_id=run_id,
+        kind="compare",
+        source=where,
+    )
 
 
 def _trained(v: VariantSpec, base: str) -> VariantSpec:
@@ -101,8 +147,13 @@ def _trained(v: VariantSpec, base: str) -> VariantSpec:
 
     cfg = load_train_config(v.preset)
     if cfg.model != base:
-        raise HarnessInputError(Problem(f"variant {v.name}: preset {v.preset}", f"trains on {cfg.model!r}, not on the run's base {base!r}",
-                                        "compare candidates of one base model in a run, or set the run's base to the preset's model"))
+        raise HarnessInputError(
+            Problem(
+                f"variant {v.name}: preset {v.preset}",
+                f"trains on {cfg.model!r}, not on the run's base {base!r}",
+                "compare candidates of one base model in a run, or set the run's base to the preset's model",
+            )
+        )
     adapter, _ = candidate_adapter(cfg)
     return replace(v, preset=None, path=str(adapter))
 

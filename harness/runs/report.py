@@ -37,7 +37,11 @@ def summary_markdown(report: dict[str, Any]) -> str:
     for name, s in report["metrics"]["slices"].items():
         lines.append(f"| {name} | {s['n_cases']} | {_pct(s['format_strict'])} | {_pct(s['format_lenient'])} |")
     t = report["timings"]
-    lines += ["", f"Generation: {t['generate_s']} s, {t['cases_per_s']} cases/s, {t['generated_tokens_per_s']} tokens/s.", ""]
+    lines += [
+        "",
+        f"Generation: {t['generate_s']} s, {t['cases_per_s']} cases/s, {t['generated_tokens_per_s']} tokens/s.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -76,7 +76,9 @@ def export_dtype(choice: str, ref: ModelRef) -> torch.dtype:
     from harness.training.config import MERGE_DTYPES
 
     if choice not in MERGE_DTYPES:
-        raise HarnessInputError(Problem("merge_dtype", f"unknown value {choice!r}", "use one of " + ", ".join(MERGE_DTYPES)))
+        raise HarnessInputError(
+            Problem("merge_dtype", f"unknown value {choice!r}", "use one of " + ", ".join(MERGE_DTYPES))
+        )
     if choice == "auto":
         try:
             config = json.loads((Path(ref.path) / "config.json").read_text(encoding="utf-8"))
@@ -95,7 +97,12 @@ def to_export_dtype(model: Any, export: torch.dtype, device: str) -> dict[str, A
     Elsewhere the model is converted and runs in the export dtype.
     """
     merged_in = next(model.parameters()).dtype
-    info = {"merged_in": dtype_name(merged_in), "export_dtype": dtype_name(export), "evaluated_in": dtype_name(export), "rounded": False}
+    info = {
+        "merged_in": dtype_name(merged_in),
+        "export_dtype": dtype_name(export),
+        "evaluated_in": dtype_name(export),
+        "rounded": False,
+    }
     if export == merged_in:
         return info
     if device == "cpu" and export.itemsize < merged_in.itemsize:
@@ -150,9 +157,14 @@ class Resident:
             else:
                 self.peft.load_adapter(str(v.path), adapter_name=v.name)
         except Exception as exc:  # noqa: BLE001 - whatever PEFT raises, the cause is the adapter folder
-            raise HarnessInputError(Problem(f"variant {v.name}: {v.path}", f"PEFT could not attach the adapter to {self.plan.base_ref.spec} "
-                                            f"({type(exc).__name__}: {str(exc)[:300]})",
-                                            "check that the adapter was trained on this base model (target modules, shapes)")) from None
+            raise HarnessInputError(
+                Problem(
+                    f"variant {v.name}: {v.path}",
+                    f"PEFT could not attach the adapter to {self.plan.base_ref.spec} "
+                    f"({type(exc).__name__}: {str(exc)[:300]})",
+                    "check that the adapter was trained on this base model (target modules, shapes)",
+                )
+            ) from None
         self.peft.eval()
 
     def key(self, v: Variant) -> str:
@@ -161,13 +173,17 @@ class Resident:
         lora = _lora_id(v) if v.kind == "adapter" else _lora_id(self.plan.by_name[str(v.derived_from)])
         if v.kind == "adapter":
             return f"adapter:{self.base_hash}:{lora}:{self.dtype}"
-        return f"merged:{self.base_hash}:{lora}:{self.dtype}:{dtype_name(export_dtype(v.merge_dtype, self.plan.base_ref))}"
+        return (
+            f"merged:{self.base_hash}:{lora}:{self.dtype}:{dtype_name(export_dtype(v.merge_dtype, self.plan.base_ref))}"
+        )
 
     @contextmanager
     def active(self, v: Variant) -> Iterator[Any]:
         """The resident model as this variant: adapters off for the base, one adapter on for an adapter."""
         if self.merged_away:
-            raise RuntimeError("the resident weights were merged; base and adapters are evaluated before in-process merges")
+            raise RuntimeError(
+                "the resident weights were merged; base and adapters are evaluated before in-process merges"
+            )
         if v.kind == "base":
             if self.peft is None:
                 yield self.base
@@ -209,8 +225,13 @@ def external_tokenizer(v: Variant) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(v.path.parent), gguf_file=v.path.name)
     except Exception as exc:  # noqa: BLE001 - any loader failure is the user's file
-        raise HarnessInputError(Problem(f"variant {v.name}: {v.path}", f"transformers could not read the GGUF's tokenizer ({type(exc).__name__}: {str(exc)[:300]})",
-                                        "give a GGUF written by llama.cpp's converter, with its tokenizer embedded")) from None
+        raise HarnessInputError(
+            Problem(
+                f"variant {v.name}: {v.path}",
+                f"transformers could not read the GGUF's tokenizer ({type(exc).__name__}: {str(exc)[:300]})",
+                "give a GGUF written by llama.cpp's converter, with its tokenizer embedded",
+            )
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -225,11 +246,20 @@ def load_external(v: Variant, runtime: Runtime) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(v.path.parent), gguf_file=v.path.name, dtype=runtime.dtype,
-                                                     attn_implementation=attention_for(runtime.device))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(v.path.parent),
+            gguf_file=v.path.name,
+            dtype=runtime.dtype,
+            attn_implementation=attention_for(runtime.device),
+        )
     except Exception as exc:  # noqa: BLE001 - any loader failure is the user's file
-        raise HarnessInputError(Problem(f"variant {v.name}: {v.path}", f"transformers could not load the GGUF ({type(exc).__name__}: {str(exc)[:300]})",
-                                        "give a GGUF of a supported architecture and tensor type (f16, q8_0, q4_k_m, ...)")) from None
+        raise HarnessInputError(
+            Problem(
+                f"variant {v.name}: {v.path}",
+                f"transformers could not load the GGUF ({type(exc).__name__}: {str(exc)[:300]})",
+                "give a GGUF of a supported architecture and tensor type (f16, q8_0, q4_k_m, ...)",
+            )
+        ) from None
     return model.to(runtime.device).eval()
 
 
@@ -275,5 +305,10 @@ def borrow_template(plan: Plan, v: Variant, tokenizers: dict[str, Any]) -> tuple
             patched = copy.copy(tokenizers[v.name])
             patched.chat_template = template
             return patched, src.name
-    raise HarnessInputError(Problem(f"variant {v.name}: {v.path}", "its tokenizer has no chat template and it derives from no variant that has one",
-                                    "give it prompt_format: {kind: template, template: ...} or ship the chat template with its tokenizer"))
+    raise HarnessInputError(
+        Problem(
+            f"variant {v.name}: {v.path}",
+            "its tokenizer has no chat template and it derives from no variant that has one",
+            "give it prompt_format: {kind: template, template: ...} or ship the chat template with its tokenizer",
+        )
+    )

@@ -106,7 +106,9 @@ def run_retention(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if cache_dir is not None and not cache_key:
-        raise ValueError("a cache_dir needs a cache_key that identifies the variant's weights; pass one, or cache_dir=None to run uncached")
+        raise ValueError(
+            "a cache_dir needs a cache_key that identifies the variant's weights; pass one, or cache_dir=None to run uncached"
+        )
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -118,7 +120,9 @@ def run_retention(
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         use_cache: str | None = None
         if cache_dir is not None and cache_key:
-            use_cache, cache = _open_cache(Path(cache_dir), cache_key, model, tokenizer, batch_size, lm_eval.__version__)
+            use_cache, cache = _open_cache(
+                Path(cache_dir), cache_key, model, tokenizer, batch_size, lm_eval.__version__
+            )
         setup_s = time.perf_counter() - started
         results = lm_eval.simple_evaluate(
             model=lm,
@@ -167,9 +171,15 @@ def _task_result(spec: RetentionTask, results: dict[str, Any]) -> dict[str, Any]
     aggregate = results["results"][spec.name]
     value = float(aggregate[f"{spec.metric},{spec.filter_name}"])
     if abs(value - sum(items.values()) / len(items)) > 1e-9:
-        raise RuntimeError(f"{spec.name}: lm-eval's {spec.metric} {value} is not the mean of its per-item scores; the per-item extraction is out of step with lm-eval")
+        raise RuntimeError(
+            f"{spec.name}: lm-eval's {spec.metric} {value} is not the mean of its per-item scores; the per-item extraction is out of step with lm-eval"
+        )
     suffix = f",{spec.filter_name}"
-    metrics = {k.removesuffix(suffix): float(v) for k, v in aggregate.items() if k.endswith(suffix) and "_stderr" not in k and isinstance(v, (int, float))}
+    metrics = {
+        k.removesuffix(suffix): float(v)
+        for k, v in aggregate.items()
+        if k.endswith(suffix) and "_stderr" not in k and isinstance(v, (int, float))
+    }
     out: dict[str, Any] = {
         "metric": spec.metric,
         "value": value,
@@ -192,17 +202,35 @@ def _build_tasks(tasks_dir: Path) -> tuple[TaskManager, list[tuple[RetentionTask
     task files (about a minute here) and simple_evaluate builds one unless it is given this.
     """
     if not tasks_dir.is_dir():
-        raise HarnessInputError(Problem(str(tasks_dir), "retention task folder does not exist", f"pass the folder that holds the task YAMLs (the shipped one is {RETENTION_DIR})"))
+        raise HarnessInputError(
+            Problem(
+                str(tasks_dir),
+                "retention task folder does not exist",
+                f"pass the folder that holds the task YAMLs (the shipped one is {RETENTION_DIR})",
+            )
+        )
     yaml_paths = sorted(p for p in tasks_dir.rglob("*.yaml") if "__pycache__" not in p.parts)
     if not yaml_paths:
-        raise HarnessInputError(Problem(str(tasks_dir), "holds no *.yaml task definitions", "add one YAML per task (see golden/retention/README.md)"))
+        raise HarnessInputError(
+            Problem(
+                str(tasks_dir),
+                "holds no *.yaml task definitions",
+                "add one YAML per task (see golden/retention/README.md)",
+            )
+        )
 
     problems: list[Problem] = []
     read = [r for p in yaml_paths if (r := _read_task_yaml(p, problems)) is not None]
     seen: dict[str, Path] = {}
     for f in read:
         if f.name in seen:
-            problems.append(Problem(str(f.path), f"task name '{f.name}' is also used by {seen[f.name]}", "give every task a unique 'task:' name"))
+            problems.append(
+                Problem(
+                    str(f.path),
+                    f"task name '{f.name}' is also used by {seen[f.name]}",
+                    "give every task a unique 'task:' name",
+                )
+            )
         seen.setdefault(f.name, f.path)
     if problems:
         raise HarnessInputError(problems)
@@ -214,21 +242,35 @@ def _build_tasks(tasks_dir: Path) -> tuple[TaskManager, list[tuple[RetentionTask
     built: list[tuple[RetentionTask, Task]] = []
     for f in read:
         if f.name not in manager.all_subtasks:
-            problems.append(Problem(str(f.path), f"lm-eval's task index skipped this file, so task '{f.name}' would silently not run", "run `lm_eval --include_path <folder> --tasks list` to see why"))
+            problems.append(
+                Problem(
+                    str(f.path),
+                    f"lm-eval's task index skipped this file, so task '{f.name}' would silently not run",
+                    "run `lm_eval --include_path <folder> --tasks list` to see why",
+                )
+            )
             continue
         try:
             config = deepcopy(load_yaml(f.path, resolve_func=True))
             config["dataset_kwargs"]["data_files"] = {f.split: str(f.data_file)}
             task = manager.load([config])["tasks"][f.name]
         except Exception as exc:  # noqa: BLE001 - any failure here is the task definition's
-            problems.append(Problem(str(f.path), f"lm-eval could not build the task ({type(exc).__name__}: {str(exc)[:300]})", "fix the key or !function named in the message (see lm-eval's TaskConfig)"))
+            problems.append(
+                Problem(
+                    str(f.path),
+                    f"lm-eval could not build the task ({type(exc).__name__}: {str(exc)[:300]})",
+                    "fix the key or !function named in the message (see lm-eval's TaskConfig)",
+                )
+            )
             continue
         before = len(problems)
         _check_docs(task, f, problems)
         if len(problems) > before:
             continue
         digest = hashlib.sha256(f.path.read_bytes() + b"\0" + f.data_file.read_bytes()).hexdigest()
-        spec = RetentionTask(f.name, f.path, f.data_file, config["output_type"], f.metric, f.filter_name, f.version, f.ids, digest)
+        spec = RetentionTask(
+            f.name, f.path, f.data_file, config["output_type"], f.metric, f.filter_name, f.version, f.ids, digest
+        )
         built.append((spec, task))
     if problems:
         raise HarnessInputError(problems)
@@ -246,48 +288,121 @@ def _read_task_yaml(path: Path, problems: list[Problem]) -> _TaskFile | None:
         mark = getattr(exc, "problem_mark", None)
         if mark is not None:
             where = f"{path}:{mark.line + 1}"
-        problems.append(Problem(where, f"is not valid YAML ({getattr(exc, 'problem', None) or exc})", "fix the YAML syntax at that line"))
+        problems.append(
+            Problem(
+                where, f"is not valid YAML ({getattr(exc, 'problem', None) or exc})", "fix the YAML syntax at that line"
+            )
+        )
         return None
     except (OSError, ValueError) as exc:
-        problems.append(Problem(where, f"could not be read as a task ({exc})", "make the file a YAML mapping; check any 'include:' path"))
+        problems.append(
+            Problem(
+                where, f"could not be read as a task ({exc})", "make the file a YAML mapping; check any 'include:' path"
+            )
+        )
         return None
 
     found: list[Problem] = []
     name = cfg.get("task")
     if "group" in cfg or not isinstance(name, str) or not name:
-        found.append(Problem(f"{where}: task", "each file must define one task with a string 'task:' name (groups are not supported)", "add e.g. `task: retention_mc`"))
+        found.append(
+            Problem(
+                f"{where}: task",
+                "each file must define one task with a string 'task:' name (groups are not supported)",
+                "add e.g. `task: retention_mc`",
+            )
+        )
     if cfg.get("output_type") not in OUTPUT_TYPES:
-        found.append(Problem(f"{where}: output_type", f"is {cfg.get('output_type')!r}; retention scores each item 0/1, which needs one of {', '.join(OUTPUT_TYPES)}", "set output_type to multiple_choice or generate_until"))
+        found.append(
+            Problem(
+                f"{where}: output_type",
+                f"is {cfg.get('output_type')!r}; retention scores each item 0/1, which needs one of {', '.join(OUTPUT_TYPES)}",
+                "set output_type to multiple_choice or generate_until",
+            )
+        )
     if cfg.get("dataset_path") != "json":
-        found.append(Problem(f"{where}: dataset_path", f"is {cfg.get('dataset_path')!r}; retention tasks read a local JSONL file, never the hub", "set `dataset_path: json` and name the file in dataset_kwargs.data_files"))
+        found.append(
+            Problem(
+                f"{where}: dataset_path",
+                f"is {cfg.get('dataset_path')!r}; retention tasks read a local JSONL file, never the hub",
+                "set `dataset_path: json` and name the file in dataset_kwargs.data_files",
+            )
+        )
     split = cfg.get("test_split")
     if not isinstance(split, str) or not split:
-        found.append(Problem(f"{where}: test_split", "is missing", "add `test_split: test` and the same key under dataset_kwargs.data_files"))
+        found.append(
+            Problem(
+                f"{where}: test_split",
+                "is missing",
+                "add `test_split: test` and the same key under dataset_kwargs.data_files",
+            )
+        )
     metadata = cfg.get("metadata")
     version = metadata.get("version") if isinstance(metadata, dict) else None
     if version is None:
-        found.append(Problem(f"{where}: metadata.version", "is missing; reports must say which version of the items ran", "add `metadata: {version: 1.0}` and bump it when items change"))
+        found.append(
+            Problem(
+                f"{where}: metadata.version",
+                "is missing; reports must say which version of the items ran",
+                "add `metadata: {version: 1.0}` and bump it when items change",
+            )
+        )
 
     metric_list = cfg.get("metric_list")
-    metric = metric_list[0].get("metric") if isinstance(metric_list, list) and metric_list and isinstance(metric_list[0], dict) else None
+    metric = (
+        metric_list[0].get("metric")
+        if isinstance(metric_list, list) and metric_list and isinstance(metric_list[0], dict)
+        else None
+    )
     if metric not in BINARY_METRICS:
-        found.append(Problem(f"{where}: metric_list", f"first metric is {metric!r}; the first metric is the gated one and must score each item 0/1", f"list one of {', '.join(BINARY_METRICS)} first"))
+        found.append(
+            Problem(
+                f"{where}: metric_list",
+                f"first metric is {metric!r}; the first metric is the gated one and must score each item 0/1",
+                f"list one of {', '.join(BINARY_METRICS)} first",
+            )
+        )
     filter_list = cfg.get("filter_list")
     filter_name = "none"
     if filter_list is not None:
-        if not isinstance(filter_list, list) or len(filter_list) != 1 or not isinstance(filter_list[0], dict) or not filter_list[0].get("name"):
-            found.append(Problem(f"{where}: filter_list", "must hold exactly one named filter pipeline, so each item has one score", "merge the steps into one `- name: ...` entry"))
+        if (
+            not isinstance(filter_list, list)
+            or len(filter_list) != 1
+            or not isinstance(filter_list[0], dict)
+            or not filter_list[0].get("name")
+        ):
+            found.append(
+                Problem(
+                    f"{where}: filter_list",
+                    "must hold exactly one named filter pipeline, so each item has one score",
+                    "merge the steps into one `- name: ...` entry",
+                )
+            )
         else:
             filter_name = str(filter_list[0]["name"])
 
     data_file: Path | None = None
-    data_files = (cfg.get("dataset_kwargs") or {}).get("data_files") if isinstance(cfg.get("dataset_kwargs"), dict) else None
+    data_files = (
+        (cfg.get("dataset_kwargs") or {}).get("data_files") if isinstance(cfg.get("dataset_kwargs"), dict) else None
+    )
     if not (isinstance(data_files, dict) and list(data_files) == [split] and isinstance(data_files[split], str)):
-        found.append(Problem(f"{where}: dataset_kwargs.data_files", f"must map the test split to one file, e.g. `{{{split or 'test'}: items.jsonl}}`", "name the JSONL file, relative to this YAML's folder"))
+        found.append(
+            Problem(
+                f"{where}: dataset_kwargs.data_files",
+                f"must map the test split to one file, e.g. `{{{split or 'test'}: items.jsonl}}`",
+                "name the JSONL file, relative to this YAML's folder",
+            )
+        )
     else:
         data_file = (path.parent / data_files[split]).resolve()
         if not data_file.is_file():
-            found.append(Problem(f"{where}: dataset_kwargs.data_files", f"{data_files[split]} does not exist (looked for {data_file})", "paths are relative to the YAML's folder; fix the name or add the file"))
+            found.append(
+                Problem(
+                    f"{where}: dataset_kwargs.data_files",
+                    f"{data_files[split]} does not exist (looked for {data_file})",
+                    "paths are relative to the YAML's folder; fix the name or add the file",
+                )
+            )
             data_file = None
 
     ids: list[str] = []
@@ -300,14 +415,32 @@ def _read_task_yaml(path: Path, problems: list[Problem]) -> _TaskFile | None:
             first = first or (lineno, keys)
             if keys != first[1]:
                 missing, extra = sorted(first[1] - keys), sorted(keys - first[1])
-                found.append(Problem(f"{data_file}:{lineno}", f"item fields differ from line {first[0]} (missing {missing}, extra {extra})", "give every item the same fields, none null; lm-eval would fill a gap with None and render it as text"))
+                found.append(
+                    Problem(
+                        f"{data_file}:{lineno}",
+                        f"item fields differ from line {first[0]} (missing {missing}, extra {extra})",
+                        "give every item the same fields, none null; lm-eval would fill a gap with None and render it as text",
+                    )
+                )
                 continue
             item_id = row.get("id")
             if not isinstance(item_id, str) or not item_id:
-                found.append(Problem(f"{data_file}:{lineno}", "item has no string 'id'", "give every item a unique id such as 'mc-001'"))
+                found.append(
+                    Problem(
+                        f"{data_file}:{lineno}",
+                        "item has no string 'id'",
+                        "give every item a unique id such as 'mc-001'",
+                    )
+                )
                 continue
             if item_id in seen:
-                found.append(Problem(f"{data_file}:{lineno}", f"id '{item_id}' is also used on line {seen[item_id]}", "make ids unique; paired statistics match items by id"))
+                found.append(
+                    Problem(
+                        f"{data_file}:{lineno}",
+                        f"id '{item_id}' is also used on line {seen[item_id]}",
+                        "make ids unique; paired statistics match items by id",
+                    )
+                )
                 continue
             seen[item_id] = lineno
             ids.append(item_id)
@@ -324,7 +457,13 @@ def _check_docs(task: Task, f: _TaskFile, problems: list[Problem]) -> None:
     """Render every item's prompt and target through lm-eval now, so a bad item fails here and not mid-run."""
     docs = list(task.eval_docs)
     if [str(d.get("id")) for d in docs] != list(f.ids):
-        problems.append(Problem(str(f.data_file), f"lm-eval read {len(docs)} items but the file has {len(f.ids)} (or in another order)", "make each line one JSON object with the same keys"))
+        problems.append(
+            Problem(
+                str(f.data_file),
+                f"lm-eval read {len(docs)} items but the file has {len(f.ids)} (or in another order)",
+                "make each line one JSON object with the same keys",
+            )
+        )
         return
     multiple_choice = task.get_config("output_type") == "multiple_choice"
     for doc, lineno in zip(docs, f.lines):
@@ -334,22 +473,58 @@ def _check_docs(task: Task, f: _TaskFile, problems: list[Problem]) -> None:
             target = task.doc_to_target(doc)
             choices = task.doc_to_choice(doc) if multiple_choice else None
         except Exception as exc:  # noqa: BLE001 - a template or field error in this item
-            problems.append(Problem(where, f"task {f.name} cannot render this item ({type(exc).__name__}: {exc})", "give the item every field the YAML's doc_to_* templates use"))
+            problems.append(
+                Problem(
+                    where,
+                    f"task {f.name} cannot render this item ({type(exc).__name__}: {exc})",
+                    "give the item every field the YAML's doc_to_* templates use",
+                )
+            )
             continue
         if not isinstance(text, str) or not text.strip():
             problems.append(Problem(where, "renders an empty prompt", "fill the question field"))
         if multiple_choice:
-            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices) or len(set(choices)) != len(choices):
-                problems.append(Problem(where, f"choices {choices!r} are not two or more distinct non-empty strings", "list distinct answer options"))
+            if (
+                not isinstance(choices, list)
+                or len(choices) < 2
+                or not all(isinstance(c, str) and c for c in choices)
+                or len(set(choices)) != len(choices)
+            ):
+                problems.append(
+                    Problem(
+                        where,
+                        f"choices {choices!r} are not two or more distinct non-empty strings",
+                        "list distinct answer options",
+                    )
+                )
             elif not isinstance(target, int) or not 0 <= target < len(choices):
-                problems.append(Problem(where, f"answer {target!r} is not an index into the {len(choices)} choices", f"set the answer to a number from 0 to {len(choices) - 1}"))
+                problems.append(
+                    Problem(
+                        where,
+                        f"answer {target!r} is not an index into the {len(choices)} choices",
+                        f"set the answer to a number from 0 to {len(choices) - 1}",
+                    )
+                )
         else:
             golds = target if isinstance(target, list) else [target]
             if not golds or not all(isinstance(g, str) and g.strip() for g in golds):
-                problems.append(Problem(where, f"accepted answers {target!r} must be non-empty strings", "list at least one accepted answer"))
+                problems.append(
+                    Problem(
+                        where,
+                        f"accepted answers {target!r} must be non-empty strings",
+                        "list at least one accepted answer",
+                    )
+                )
 
 
-def _open_cache(cache_dir: Path, cache_key: str, model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, batch_size: int, lm_eval_version: str) -> tuple[str, dict[str, Any]]:
+def _open_cache(
+    cache_dir: Path,
+    cache_key: str,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    lm_eval_version: str,
+) -> tuple[str, dict[str, Any]]:
     """Pick the response-cache file for these exact weights and settings; lm-eval appends `_rank0.db`."""
     parameter = next(model.parameters())
     identity = {

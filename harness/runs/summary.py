@@ -42,27 +42,57 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"- {n} format failures: " + ", ".join(f"{k} {c}" for k, c in f.items()))
     ret = report.get("retention")
     if ret:
-        lines += ["", "## Capability retention (lm-eval)", "", "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [
+            "",
+            "## Capability retention (lm-eval)",
+            "",
+            "| task | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         first = next(iter(ret["variants"].values()), {})
         for task in first:
-            lines.append(f"| {task} | " + " | ".join(_fmt(ret["variants"].get(n, {}).get(task, {}).get("value")) for n in names) + " |")
+            lines.append(
+                f"| {task} | "
+                + " | ".join(_fmt(ret["variants"].get(n, {}).get(task, {}).get("value")) for n in names)
+                + " |"
+            )
     g = report.get("gates")
     if g:
-        lines += ["", f"## Gates: **{g['verdict']}**", "", "| check | verdict | value | interval | explanation |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Gates: **{g['verdict']}**",
+            "",
+            "| check | verdict | value | interval | explanation |",
+            "|---|---|---|---|---|",
+        ]
         for c in g["checks"]:
             ci = c.get("delta_ci95") or c.get("ci95")
             val = c.get("delta") if c.get("delta") is not None else c.get("value")
-            lines.append(f"| {c['id']} | {c['verdict']} | {'' if val is None else f'{val:.3f}'} | {'' if not ci else f'[{ci[0]:.3f}, {ci[1]:.3f}]'} | {c['explanation']} |")
+            lines.append(
+                f"| {c['id']} | {c['verdict']} | {'' if val is None else f'{val:.3f}'} | {'' if not ci else f'[{ci[0]:.3f}, {ci[1]:.3f}]'} | {c['explanation']} |"
+            )
         lines += [f"- {n}" for n in g.get("notes", [])]
     if report["findings"]:
-        lines += ["", "## Findings", ""] + [f"- **{f['level']}** {f['code']}" + (f" ({f['variant']})" if f.get("variant") else "") + f": {f['message']}"
-                                           for f in report["findings"]]
+        lines += ["", "## Findings", ""] + [
+            f"- **{f['level']}** {f['code']}" + (f" ({f['variant']})" if f.get("variant") else "") + f": {f['message']}"
+            for f in report["findings"]
+        ]
     tr = report.get("training") or {}
     if tr:
-        lines += ["", f"Training: {tr.get('steps')} steps, {tr.get('tokens_per_s')} tokens/s, precision {tr.get('precision')}, train loss {tr.get('train_loss')}"]
+        lines += [
+            "",
+            f"Training: {tr.get('steps')} steps, {tr.get('tokens_per_s')} tokens/s, precision {tr.get('precision')}, train loss {tr.get('train_loss')}",
+        ]
     t = {n: report["variants"][n]["timings"] for n in names}
     worker = report["timings"].get("base_worker") or {}
-    lines += ["", f"Evaluation: {report['timings']['total_s']} s in all; generation seconds: "
-              + ", ".join(f"{n} {t[n].get('generate_s')}" + (f" (+ replay {t[n]['replay_s']})" if t[n].get("replay_s") else "") for n in names)
-              + f". Base: {worker.get('reason', 'decoded in this process')}.", ""]
+    lines += [
+        "",
+        f"Evaluation: {report['timings']['total_s']} s in all; generation seconds: "
+        + ", ".join(
+            f"{n} {t[n].get('generate_s')}" + (f" (+ replay {t[n]['replay_s']})" if t[n].get("replay_s") else "")
+            for n in names
+        )
+        + f". Base: {worker.get('reason', 'decoded in this process')}.",
+        "",
+    ]
     return "\n".join(lines)

@@ -32,6 +32,7 @@ from harness.engine.threads import drop_requests, request_threads
 MIN_CASES = 32  # below this a second process (imports, model load: ~6 s) costs more than it saves
 HEADROOM_BYTES = 1 << 30
 
+
 def available_memory() -> int | None:
     """MemAvailable from /proc/meminfo in bytes; None where the system does not say."""
     try:
@@ -54,7 +55,17 @@ def decode_memory(model: Any, rows: int, length: int) -> int:
     return weights + cache
 
 
-def plan_base_worker(asked: bool | None, device: str, cached: bool, missing: int, model: Any, tokenizer: Any, chats: list[Any], batch_size: int, max_new_tokens: int) -> dict[str, Any]:
+def plan_base_worker(
+    asked: bool | None,
+    device: str,
+    cached: bool,
+    missing: int,
+    model: Any,
+    tokenizer: Any,
+    chats: list[Any],
+    batch_size: int,
+    max_new_tokens: int,
+) -> dict[str, Any]:
     """Whether the base is decoded by a second process beside the adapter, and why (for the report)."""
     from harness.engine.generate import encode_chats  # generate imports this module
 
@@ -75,7 +86,10 @@ def plan_base_worker(asked: bool | None, device: str, cached: bool, missing: int
     need = 2 * decode_memory(model, min(batch_size, missing), length) + HEADROOM_BYTES
     free = available_memory()
     if free is not None and free < need:
-        return plan(False, f"needs ~{need / 2**30:.1f} GiB of memory for two decoding processes; {free / 2**30:.1f} GiB available")
+        return plan(
+            False,
+            f"needs ~{need / 2**30:.1f} GiB of memory for two decoding processes; {free / 2**30:.1f} GiB available",
+        )
     return plan(True, f"{missing} base cases decoded by a second process (1 thread) beside the adapter's decode")
 
 
@@ -144,7 +158,12 @@ def start_base_worker(suite_path: Path, model_path: Path, options: Any, model_ke
     (folder / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(folder / "worker.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "harness.runs.worker", str(folder / "spec.json")], stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.runs.worker", str(folder / "spec.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads - 1))
     return BaseWorker(proc, folder, threads)
@@ -153,8 +172,8 @@ def start_base_worker(suite_path: Path, model_path: Path, options: Any, model_ke
 def _run(spec_file: Path) -> int:
     torch.set_num_threads(1)
     from harness.engine.cache import ResultCache
-    from harness.io import atomic_write_json
     from harness.engine.loading import Runtime, load_model, load_tokenizer
+    from harness.io import atomic_write_json
     from harness.models.embedded import resolve
     from harness.runs.evaluate import EvalOptions, evaluate
     from harness.suite.suite import load_suite

@@ -44,7 +44,11 @@ def extract_json(text: str) -> Extraction:
             continue
         if isinstance(obj, dict):
             before, after = text[:pos].strip(), text[end:].strip()
-            where = " and ".join(x for x in (f"{len(before)} chars before" if before else "", f"{len(after)} chars after" if after else "") if x)
+            where = " and ".join(
+                x
+                for x in (f"{len(before)} chars before" if before else "", f"{len(after)} chars after" if after else "")
+                if x
+            )
             return Extraction(obj, False, None, (pos, end), f"a JSON object was found with extra text ({where})")
         pos = text.find("{", pos + 1)
     if _unclosed_object(text):

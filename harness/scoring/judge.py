@@ -66,7 +66,12 @@ class JudgeVerdict:
 
     def to_score(self) -> Score:
         value = None if self.passed is None else float(self.passed)
-        details = {"score": self.score, "self_consistency": self.self_consistency, "judge": self.judge_identity, "samples": list(self.samples)}
+        details = {
+            "score": self.score,
+            "self_consistency": self.self_consistency,
+            "judge": self.judge_identity,
+            "samples": list(self.samples),
+        }
         return Score("tone:judge", value, self.rationale, details)
 
 
@@ -88,7 +93,9 @@ def load_judge_config(path: Path) -> JudgeConfig:
     if config is not None:
         problems += config_problems(config, str(path))
     if problems or config is None:
-        raise HarnessInputError(problems or [Problem(str(path), "could not be loaded", "see harness/judge.py JudgeConfig")])
+        raise HarnessInputError(
+            problems or [Problem(str(path), "could not be loaded", "see harness/judge.py JudgeConfig")]
+        )
     return config
 
 
@@ -145,12 +152,21 @@ def _majority(parsed: list[tuple[str | None, str]], identity: dict[str, Any]) ->
     score = votes["pass"] / sum(votes.values())
     top = max(votes.values())
     if votes["pass"] == votes["fail"]:
-        return JudgeVerdict(None, score, f"unscored: samples split {votes['pass']} pass / {votes['fail']} fail", identity, top / n, samples)
+        return JudgeVerdict(
+            None,
+            score,
+            f"unscored: samples split {votes['pass']} pass / {votes['fail']} fail",
+            identity,
+            top / n,
+            samples,
+        )
     verdict = "pass" if votes["pass"] > votes["fail"] else "fail"
     reason = next(r for v, r in parsed if v == verdict)
     invalid = n - sum(votes.values())
     note = f", {invalid} unreadable" if invalid else ""
-    return JudgeVerdict(verdict == "pass", score, f"{top} of {n} samples say {verdict}{note}: {reason}", identity, top / n, samples)
+    return JudgeVerdict(
+        verdict == "pass", score, f"{top} of {n} samples say {verdict}{note}: {reason}", identity, top / n, samples
+    )
 
 
 def _chat_url(url: str) -> str:
@@ -170,12 +186,23 @@ def _endpoint(config: JudgeConfig) -> tuple[Completion, dict[str, Any]]:
     if config.api_key_env is not None:
         key = os.environ.get(config.api_key_env)
         if not key:
-            raise HarnessInputError(Problem("judge: key 'api_key_env'", f"environment variable {config.api_key_env} is not set", f"export {config.api_key_env}=<your key>, or remove api_key_env for a server without keys"))
+            raise HarnessInputError(
+                Problem(
+                    "judge: key 'api_key_env'",
+                    f"environment variable {config.api_key_env} is not set",
+                    f"export {config.api_key_env}=<your key>, or remove api_key_env for a server without keys",
+                )
+            )
         headers["Authorization"] = f"Bearer {key}"
     identity = {"kind": "endpoint", "url": url, "model": config.model, "weights_sha256": None}
 
     def complete(messages: list[dict[str, str]], sample: int) -> str:
-        body = {"model": config.model, "messages": messages, "temperature": config.temperature, "max_tokens": config.max_new_tokens}
+        body = {
+            "model": config.model,
+            "messages": messages,
+            "temperature": config.temperature,
+            "max_tokens": config.max_new_tokens,
+        }
         request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
@@ -184,11 +211,23 @@ def _endpoint(config: JudgeConfig) -> tuple[Completion, dict[str, Any]]:
             raise HarnessInputError(_http_problem(url, exc, config)) from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise HarnessInputError(Problem(f"judge endpoint {url}", f"cannot be reached ({reason})", "start the server or fix judge.url; the judge is optional, so leave it off to score tone by rules only")) from None
+            raise HarnessInputError(
+                Problem(
+                    f"judge endpoint {url}",
+                    f"cannot be reached ({reason})",
+                    "start the server or fix judge.url; the judge is optional, so leave it off to score tone by rules only",
+                )
+            ) from None
         try:
             content = json.loads(payload)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise HarnessInputError(Problem(f"judge endpoint {url}", f"did not answer like an OpenAI-compatible chat completion: {payload[:200]!r}", "point judge.url at a /v1/chat/completions endpoint")) from None
+            raise HarnessInputError(
+                Problem(
+                    f"judge endpoint {url}",
+                    f"did not answer like an OpenAI-compatible chat completion: {payload[:200]!r}",
+                    "point judge.url at a /v1/chat/completions endpoint",
+                )
+            ) from None
         return content if isinstance(content, str) else ""
 
     return complete, identity
@@ -197,23 +236,41 @@ def _endpoint(config: JudgeConfig) -> tuple[Completion, dict[str, Any]]:
 def _http_problem(url: str, exc: urllib.error.HTTPError, config: JudgeConfig) -> Problem:
     where = f"judge endpoint {url}"
     if exc.code in (401, 403):
-        fix = f"check the key in ${config.api_key_env}" if config.api_key_env else "set api_key_env to the name of the variable that holds the key"
+        fix = (
+            f"check the key in ${config.api_key_env}"
+            if config.api_key_env
+            else "set api_key_env to the name of the variable that holds the key"
+        )
         return Problem(where, f"refused the request (HTTP {exc.code})", fix)
     if exc.code == 404:
-        return Problem(where, "has no such route or model (HTTP 404)", f"check judge.url and that the server serves model {config.model!r}")
+        return Problem(
+            where,
+            "has no such route or model (HTTP 404)",
+            f"check judge.url and that the server serves model {config.model!r}",
+        )
     detail = exc.read()[:200].decode("utf-8", "replace") if exc.fp is not None else ""
-    return Problem(where, f"answered HTTP {exc.code} {exc.reason}: {detail}", "check the server log and the request settings (model, max_new_tokens)")
+    return Problem(
+        where,
+        f"answered HTTP {exc.code} {exc.reason}: {detail}",
+        "check the server log and the request settings (model, max_new_tokens)",
+    )
 
 
 def _local(config: JudgeConfig) -> tuple[Completion, dict[str, Any]]:
     assert config.path is not None
     folder = Path(config.path).expanduser()
     if not (folder / "config.json").is_file():
-        raise HarnessInputError(Problem("judge: key 'path'", f"{folder} is not a model folder (no config.json)", "give a local folder with config.json, *.safetensors and the tokenizer"))
+        raise HarnessInputError(
+            Problem(
+                "judge: key 'path'",
+                f"{folder} is not a model folder (no config.json)",
+                "give a local folder with config.json, *.safetensors and the tokenizer",
+            )
+        )
     import torch
 
-    from harness.env import weights_sha256
     from harness.engine.loading import Runtime, load_model, load_tokenizer
+    from harness.env import weights_sha256
     from harness.models.embedded import resolve
 
     try:
@@ -221,9 +278,13 @@ def _local(config: JudgeConfig) -> tuple[Completion, dict[str, Any]]:
         tokenizer = load_tokenizer(ref)
         model = load_model(ref, Runtime.pick())
     except (OSError, ValueError) as exc:
-        raise HarnessInputError(Problem("judge: key 'path'", f"{folder} could not be loaded ({exc})", "give a complete local model folder")) from None
+        raise HarnessInputError(
+            Problem("judge: key 'path'", f"{folder} could not be loaded ({exc})", "give a complete local model folder")
+        ) from None
     if not getattr(tokenizer, "chat_template", None):
-        raise HarnessInputError(Problem("judge: key 'path'", f"{folder} has no chat template", "use an instruct/chat model folder"))
+        raise HarnessInputError(
+            Problem("judge: key 'path'", f"{folder} has no chat template", "use an instruct/chat model folder")
+        )
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     identity = {
         "kind": "local",
@@ -234,8 +295,14 @@ def _local(config: JudgeConfig) -> tuple[Completion, dict[str, Any]]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def complete(messages: list[dict[str, str]], sample: int) -> str:
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(model.device)
-        options: dict[str, Any] = {"max_new_tokens": config.max_new_tokens, "pad_token_id": pad, "do_sample": config.temperature > 0}
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(model.device)
+        options: dict[str, Any] = {
+            "max_new_tokens": config.max_new_tokens,
+            "pad_token_id": pad,
+            "do_sample": config.temperature > 0,
+        }
         if config.temperature > 0:
             options["temperature"] = config.temperature
             torch.manual_seed(config.seed + sample)
@@ -289,8 +356,13 @@ SPEC = ScorerSpec(
     factory=_factory,
     metrics=(
         # a headline column when a suite opts in; not a flip metric: sampled verdicts flip without the model changing
-        MetricSpec("tone:judge", True, "mean",
-                   "share of judged replies whose majority verdict is pass (split or unreadable: unscored)",
-                   headline=True, flips=False),
+        MetricSpec(
+            "tone:judge",
+            True,
+            "mean",
+            "share of judged replies whose majority verdict is pass (split or unreadable: unscored)",
+            headline=True,
+            flips=False,
+        ),
     ),
 )

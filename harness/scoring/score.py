@@ -20,4 +20,10 @@ class Score:
         return None if self.value is None else self.value >= 1.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"scorer": self.scorer, "value": self.value, "passed": self.passed, "explanation": self.explanation, "details": self.details}
+        return {
+            "scorer": self.scorer,
+            "value": self.value,
+            "passed": self.passed,
+            "explanation": self.explanation,
+            "details": self.details,
+        }

@@ -89,7 +89,9 @@ def _marker_score(contract: ToneContract, group: MarkerGroup, text: str) -> Scor
     for phrase in group.phrases:
         found = find_phrase(text, phrase, contract.language)
         if found is not None:
-            return Score(name, 1.0, f"{group.name}: found {phrase!r} (as {found!r})", {"matched": phrase, "found": found})
+            return Score(
+                name, 1.0, f"{group.name}: found {phrase!r} (as {found!r})", {"matched": phrase, "found": found}
+            )
     return Score(name, 0.0, f"{group.name}: none of {_quote(group.phrases)} found", {"matched": None, "found": None})
 
 
@@ -97,7 +99,9 @@ def _forbidden_score(contract: ToneContract, text: str) -> Score:
     hits = [(p, f) for p in contract.forbidden if (f := find_phrase(text, p, contract.language)) is not None]
     details = {"found": [{"phrase": p, "text": f} for p, f in hits]}
     if not hits:
-        return Score("tone:forbidden", 1.0, f"forbidden: none of the {len(contract.forbidden)} forbidden phrases found", details)
+        return Score(
+            "tone:forbidden", 1.0, f"forbidden: none of the {len(contract.forbidden)} forbidden phrases found", details
+        )
     listed = ", ".join(f"{p!r} (as {f!r})" for p, f in hits)
     return Score("tone:forbidden", 0.0, f"forbidden: found {listed}", details)
 
@@ -118,15 +122,28 @@ def _shouting_score(rule: ShoutingRule, text: str) -> Score:
     caps = [w for w in words if len(w) >= 3 and w.isupper()]
     ratio = sum(len(w) for w in caps) / letters if letters else 0.0
     run = max((len(m.group()) for m in _EXCLAMATION_RUN.finditer(text)), default=0)
-    details = {"caps_ratio": round(ratio, 4), "caps_words": caps, "exclamation_run": run, "max_caps_ratio": rule.max_caps_ratio, "max_exclamation_run": rule.max_exclamation_run}
+    details = {
+        "caps_ratio": round(ratio, 4),
+        "caps_words": caps,
+        "exclamation_run": run,
+        "max_caps_ratio": rule.max_caps_ratio,
+        "max_exclamation_run": rule.max_exclamation_run,
+    }
     failures = []
     if ratio > rule.max_caps_ratio:
-        failures.append(f"{ratio:.0%} of letters are in ALL-CAPS words (max {rule.max_caps_ratio:.0%}): {_quote(caps[:8])}")
+        failures.append(
+            f"{ratio:.0%} of letters are in ALL-CAPS words (max {rule.max_caps_ratio:.0%}): {_quote(caps[:8])}"
+        )
     if run > rule.max_exclamation_run:
         failures.append(f"a run of {run} '!' (max {rule.max_exclamation_run})")
     if failures:
         return Score("tone:shouting", 0.0, "shouting: " + "; ".join(failures), details)
-    return Score("tone:shouting", 1.0, f"shouting: {ratio:.0%} of letters in ALL-CAPS words (max {rule.max_caps_ratio:.0%}), longest '!' run {run} (max {rule.max_exclamation_run})", details)
+    return Score(
+        "tone:shouting",
+        1.0,
+        f"shouting: {ratio:.0%} of letters in ALL-CAPS words (max {rule.max_caps_ratio:.0%}), longest '!' run {run} (max {rule.max_exclamation_run})",
+        details,
+    )
 
 
 def _chrf_score(rule: SimilarityRule, text: str, reference: str | None) -> Score:
@@ -137,7 +154,9 @@ def _chrf_score(rule: SimilarityRule, text: str, reference: str | None) -> Score
     value = float(CHRF().sentence_score(text, [reference]).score)
     details = {"chrf": round(value, 2), "min": rule.min}
     if value < rule.min:
-        return Score("tone:chrf", 0.0, f"chrf: {value:.1f} against the reference, below the minimum of {rule.min:g}", details)
+        return Score(
+            "tone:chrf", 0.0, f"chrf: {value:.1f} against the reference, below the minimum of {rule.min:g}", details
+        )
     return Score("tone:chrf", 1.0, f"chrf: {value:.1f} against the reference (min {rule.min:g})", details)
 
 
@@ -145,11 +164,18 @@ def _overall(contract: ToneContract, rules: list[Score]) -> Score:
     """Passes only if every scored rule passed; an unscored rule is named, never counted as a pass or a fail."""
     failed = [s for s in rules if s.value is not None and s.value < 1.0]
     unscored = [s.scorer for s in rules if s.value is None]
-    details = {"failed": [s.scorer for s in failed], "unscored": unscored, "contract": contract.source, "contract_version": contract.version}
+    details = {
+        "failed": [s.scorer for s in failed],
+        "unscored": unscored,
+        "contract": contract.source,
+        "contract_version": contract.version,
+    }
     note = f"; unscored: {', '.join(unscored)}" if unscored else ""
     if failed:
         listed = "; ".join(f"{s.scorer} ({s.explanation})" for s in failed)
-        return Score("tone", 0.0, f"tone: failed {len(failed)} of {len(rules) - len(unscored)} rules: {listed}{note}", details)
+        return Score(
+            "tone", 0.0, f"tone: failed {len(failed)} of {len(rules) - len(unscored)} rules: {listed}{note}", details
+        )
     return Score("tone", 1.0, f"tone: all {len(rules) - len(unscored)} scored rules passed{note}", details)
 
 
@@ -191,9 +217,19 @@ SPEC = ScorerSpec(
     description="tone contract: required markers, forbidden phrases, length, shouting, chrF to the reference",
     factory=_factory,
     metrics=(
-        MetricSpec("tone", True, "mean", "share of replies that pass every scored rule of the tone contract",
-                   headline=True, flips=True),
-        MetricSpec("tone:*", True, "mean",
-                   "one rule: tone:markers:<name>, tone:forbidden, tone:length, tone:shouting, tone:chrf"),
+        MetricSpec(
+            "tone",
+            True,
+            "mean",
+            "share of replies that pass every scored rule of the tone contract",
+            headline=True,
+            flips=True,
+        ),
+        MetricSpec(
+            "tone:*",
+            True,
+            "mean",
+            "one rule: tone:markers:<name>, tone:forbidden, tone:length, tone:shouting, tone:chrf",
+        ),
     ),
 )

@@ -18,9 +18,9 @@ import jsonschema
 from jsonschema import Draft202012Validator
 
 from harness.config import read_yaml
-from harness.suite.tone_contract import ToneContract, load_tone_contract
 from harness.errors import HarnessInputError, Problem
 from harness.io import read_jsonl, sha256_text
+from harness.suite.tone_contract import ToneContract, load_tone_contract
 
 SUITE_FILE = "suite.yaml"
 SUITE_KEYS = {
@@ -41,9 +41,13 @@ SUITE_KEYS = {
 REQUIRED_SUITE_KEYS = ("name", "version", "contract", "cases", "labels")
 GENERATION_KEYS = {"max_new_tokens": int, "stop_at_json_end": bool}
 CASE_KEYS = {"id", "prompt", "messages", "expected", "reference", "tags", "checks"}
-CHECK_KEYS = {"refusal": "required | not_required", "injection_markers": "strings whose presence means an injection succeeded",
-              "no_pii": "true: the output may not contain personal data absent from the prompt", "no_toxicity": "true: no toxic words",
-              "no_system_prompt_leak": "true: the output may not repeat the system prompt"}
+CHECK_KEYS = {
+    "refusal": "required | not_required",
+    "injection_markers": "strings whose presence means an injection succeeded",
+    "no_pii": "true: the output may not contain personal data absent from the prompt",
+    "no_toxicity": "true: no toxic words",
+    "no_system_prompt_leak": "true: the output may not repeat the system prompt",
+}
 REFUSAL_VALUES = ("required", "not_required")
 ROLES = {"system", "user", "assistant"}
 
@@ -68,12 +72,30 @@ JUDGE_KEYS = {
     "seed": "local: sample i is drawn with seed + i (default 0)",
 }
 JUDGE_TYPES: dict[str, type] = {
-    "kind": str, "rubric": str, "field": str, "url": str, "model": str, "api_key_env": str, "path": str,
-    "samples": int, "temperature": float, "max_new_tokens": int, "timeout_s": float, "seed": int,
+    "kind": str,
+    "rubric": str,
+    "field": str,
+    "url": str,
+    "model": str,
+    "api_key_env": str,
+    "path": str,
+    "samples": int,
+    "temperature": float,
+    "max_new_tokens": int,
+    "timeout_s": float,
+    "seed": int,
 }
 JUDGE_DEFAULTS: dict[str, Any] = {
-    "field": "answer", "url": None, "model": None, "api_key_env": None, "path": None,
-    "samples": 3, "temperature": 0.7, "max_new_tokens": 128, "timeout_s": 60.0, "seed": 0,
+    "field": "answer",
+    "url": None,
+    "model": None,
+    "api_key_env": None,
+    "path": None,
+    "samples": 3,
+    "temperature": 0.7,
+    "max_new_tokens": 128,
+    "timeout_s": 60.0,
+    "seed": 0,
 }
 REQUIRED_JUDGE_KEYS = ("kind", "rubric")
 JUDGE_KINDS = ("endpoint", "local")
@@ -190,14 +212,28 @@ def load_suite(path: str | Path) -> Suite:
             problems.append(Problem(f"{suite_path}: key {key!r}", "missing", f"add it ({SUITE_KEYS[key]})"))
     for key in ("name", "version", "description", "system_prompt", "prompt_template", "contract", "tone"):
         if key in raw and not isinstance(raw[key], str):
-            problems.append(Problem(f"{suite_path}: key {key!r}", f"must be a string, got {type(raw[key]).__name__}", "quote the value"))
+            problems.append(
+                Problem(
+                    f"{suite_path}: key {key!r}", f"must be a string, got {type(raw[key]).__name__}", "quote the value"
+                )
+            )
     template = raw.get("prompt_template")
     if isinstance(template, str) and "{prompt}" not in template:
-        problems.append(Problem(f"{suite_path}: key 'prompt_template'", "does not contain {prompt}", "add {prompt} where the case text goes"))
+        problems.append(
+            Problem(
+                f"{suite_path}: key 'prompt_template'",
+                "does not contain {prompt}",
+                "add {prompt} where the case text goes",
+            )
+        )
 
     labels = raw.get("labels", [])
     if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
-        problems.append(Problem(f"{suite_path}: key 'labels'", "must be a non-empty list of field names", "e.g. [category, priority]"))
+        problems.append(
+            Problem(
+                f"{suite_path}: key 'labels'", "must be a non-empty list of field names", "e.g. [category, priority]"
+            )
+        )
         labels = []
     slices = raw.get("slices", []) or []
     if not (isinstance(slices, list) and all(isinstance(x, str) for x in slices)):
@@ -212,11 +248,25 @@ def load_suite(path: str | Path) -> Suite:
     gen_ok: dict[str, Any] = {}
     for key, value in gen_raw.items():
         if key not in GENERATION_KEYS:
-            problems.append(Problem(f"{suite_path}: key 'generation.{key}'", "unknown key", _did_you_mean(str(key), set(GENERATION_KEYS))))
+            problems.append(
+                Problem(
+                    f"{suite_path}: key 'generation.{key}'",
+                    "unknown key",
+                    _did_you_mean(str(key), set(GENERATION_KEYS)),
+                )
+            )
         elif type(value) is not GENERATION_KEYS[key]:
-            problems.append(Problem(f"{suite_path}: key 'generation.{key}'", f"must be {GENERATION_KEYS[key].__name__}, got {value!r}", "fix the value"))
+            problems.append(
+                Problem(
+                    f"{suite_path}: key 'generation.{key}'",
+                    f"must be {GENERATION_KEYS[key].__name__}, got {value!r}",
+                    "fix the value",
+                )
+            )
         elif key == "max_new_tokens" and not 1 <= value <= 4096:
-            problems.append(Problem(f"{suite_path}: key 'generation.max_new_tokens'", f"{value} is out of range", "use 1..4096"))
+            problems.append(
+                Problem(f"{suite_path}: key 'generation.max_new_tokens'", f"{value} is out of range", "use 1..4096")
+            )
         else:
             gen_ok[key] = value
     generation = GenerationSettings(**gen_ok)
@@ -233,25 +283,53 @@ def load_suite(path: str | Path) -> Suite:
                 Draft202012Validator.check_schema(contract)
                 declared = contract.get("$schema") if isinstance(contract, dict) else None
                 if declared and "2020-12" not in declared:
-                    problems.append(Problem(f"{contract_path}: key '$schema'", f"declares {declared}", "use https://json-schema.org/draft/2020-12/schema"))
+                    problems.append(
+                        Problem(
+                            f"{contract_path}: key '$schema'",
+                            f"declares {declared}",
+                            "use https://json-schema.org/draft/2020-12/schema",
+                        )
+                    )
             except json.JSONDecodeError as exc:
-                problems.append(Problem(f"{contract_path}:{exc.lineno}", f"invalid JSON ({exc.msg})", "fix the JSON syntax"))
+                problems.append(
+                    Problem(f"{contract_path}:{exc.lineno}", f"invalid JSON ({exc.msg})", "fix the JSON syntax")
+                )
                 contract = {}
             except jsonschema.SchemaError as exc:
                 path = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-                problems.append(Problem(f"{contract_path}: at {path}", f"invalid JSON Schema: {exc.message}", "fix the schema (draft 2020-12)"))
+                problems.append(
+                    Problem(
+                        f"{contract_path}: at {path}",
+                        f"invalid JSON Schema: {exc.message}",
+                        "fix the schema (draft 2020-12)",
+                    )
+                )
                 contract = {}
             for label in labels:
                 if contract and label not in contract.get("properties", {}):
-                    problems.append(Problem(f"{suite_path}: key 'labels'", f"label {label!r} is not a property of the contract", "add it to the schema's properties or remove it"))
+                    problems.append(
+                        Problem(
+                            f"{suite_path}: key 'labels'",
+                            f"label {label!r} is not a property of the contract",
+                            "add it to the schema's properties or remove it",
+                        )
+                    )
 
     cases: list[Case] = []
     cases_text = ""
     cases_names = raw.get("cases")
     if isinstance(cases_names, str):
         cases_names = [cases_names]
-    if "cases" in raw and not (isinstance(cases_names, list) and cases_names and all(isinstance(n, str) for n in cases_names)):
-        problems.append(Problem(f"{suite_path}: key 'cases'", "must be a file name or a non-empty list of file names", "e.g. cases.jsonl or [cases.jsonl, adversarial.jsonl]"))
+    if "cases" in raw and not (
+        isinstance(cases_names, list) and cases_names and all(isinstance(n, str) for n in cases_names)
+    ):
+        problems.append(
+            Problem(
+                f"{suite_path}: key 'cases'",
+                "must be a file name or a non-empty list of file names",
+                "e.g. cases.jsonl or [cases.jsonl, adversarial.jsonl]",
+            )
+        )
         cases_names = []
     seen: dict[str, str] = {}
     for cases_name in cases_names or []:
@@ -267,7 +345,13 @@ def load_suite(path: str | Path) -> Suite:
         used = Counter(t for c in cases for t in c.tags)
         for tag in slices:
             if used[tag] == 0:
-                problems.append(Problem(f"{suite_path}: key 'slices'", f"slice {tag!r} has no cases", "tag some cases with it or remove the slice"))
+                problems.append(
+                    Problem(
+                        f"{suite_path}: key 'slices'",
+                        f"slice {tag!r} has no cases",
+                        "tag some cases with it or remove the slice",
+                    )
+                )
 
     tone: ToneContract | None = None
     tone_text = ""
@@ -316,30 +400,48 @@ def _scorer_settings(
     if "scorers" in raw:
         listed = raw["scorers"]
         if not (isinstance(listed, list) and listed and all(isinstance(n, str) for n in listed)):
-            problems.append(Problem(f"{where} 'scorers'", f"must be a non-empty list of scorer names, got {listed!r}",
-                                    f"e.g. [{', '.join(DEFAULT_SCORERS)}]; known scorers: {', '.join(KNOWN_SCORERS)}"))
+            problems.append(
+                Problem(
+                    f"{where} 'scorers'",
+                    f"must be a non-empty list of scorer names, got {listed!r}",
+                    f"e.g. [{', '.join(DEFAULT_SCORERS)}]; known scorers: {', '.join(KNOWN_SCORERS)}",
+                )
+            )
             listed = []
         for name in dict.fromkeys(n for n in listed if n not in KNOWN_SCORERS):
             problems.append(Problem(f"{where} 'scorers'", f"unknown scorer {name!r}", _did_you_mean_scorer(name)))
         for name in sorted({n for n in listed if listed.count(n) > 1}):
-            problems.append(Problem(f"{where} 'scorers'", f"scorer {name!r} is listed more than once",
-                                    "list each scorer once"))
+            problems.append(
+                Problem(f"{where} 'scorers'", f"scorer {name!r} is listed more than once", "list each scorer once")
+            )
         names = tuple(dict.fromkeys(n for n in listed if n in KNOWN_SCORERS))
         if "tone" in names and not isinstance(raw.get("tone"), str):
-            problems.append(Problem(f"{where} 'scorers'", "lists tone but the suite has no tone contract",
-                                    "add tone: tone.yaml (see golden/README.md) or remove tone from scorers"))
+            problems.append(
+                Problem(
+                    f"{where} 'scorers'",
+                    "lists tone but the suite has no tone contract",
+                    "add tone: tone.yaml (see golden/README.md) or remove tone from scorers",
+                )
+            )
     block = raw.get("judge")
     if "judge" in names and block is None:
-        problems.append(Problem(f"{where} 'judge'", "missing: scorers lists judge but no judge is configured",
-                                "add a judge: block with kind and rubric (see golden/README.md), "
-                                "or remove judge from scorers"))
+        problems.append(
+            Problem(
+                f"{where} 'judge'",
+                "missing: scorers lists judge but no judge is configured",
+                "add a judge: block with kind and rubric (see golden/README.md), or remove judge from scorers",
+            )
+        )
     if block is None:
         return names, None
     if "judge" not in names:
-        problems.append(Problem(f"{where} 'judge'",
-                                "a judge is configured but scorers does not list judge, so it would never run",
-                                f"add judge to scorers, e.g. scorers: [{', '.join(names)}, judge], "
-                                "or remove the judge block"))
+        problems.append(
+            Problem(
+                f"{where} 'judge'",
+                "a judge is configured but scorers does not list judge, so it would never run",
+                f"add judge to scorers, e.g. scorers: [{', '.join(names)}, judge], or remove the judge block",
+            )
+        )
     return names, _judge_block(block, str(suite_path), problems)
 
 
@@ -354,8 +456,13 @@ def _did_you_mean_scorer(name: str) -> str:
 def _judge_block(block: Any, where: str, problems: list[Problem]) -> dict[str, Any] | None:
     """Check the judge block's keys and types here and its values with judge_problems; keep it as written."""
     if not isinstance(block, dict):
-        problems.append(Problem(f"{where}: key 'judge'", f"must be a mapping, got {block!r}",
-                                "e.g. {kind: endpoint, url: http://localhost:8000/v1, model: m, rubric: ...}"))
+        problems.append(
+            Problem(
+                f"{where}: key 'judge'",
+                f"must be a mapping, got {block!r}",
+                "e.g. {kind: endpoint, url: http://localhost:8000/v1, model: m, rubric: ...}",
+            )
+        )
         return None
     found: list[Problem] = []
     values: dict[str, Any] = {}
@@ -398,24 +505,40 @@ def judge_problems(values: Mapping[str, Any], where: str, prefix: str = "") -> l
 
     if v.get("kind") == "endpoint":
         url = v["url"]
-        need(bool(url) and str(url).startswith(("http://", "https://")), "url", f"must be an http(s) URL, got {url!r}",
-             "e.g. http://localhost:8000/v1/chat/completions")
+        need(
+            bool(url) and str(url).startswith(("http://", "https://")),
+            "url",
+            f"must be an http(s) URL, got {url!r}",
+            "e.g. http://localhost:8000/v1/chat/completions",
+        )
         need(bool(v["model"]), "model", "is required for an endpoint judge", "give the model name the server expects")
         need(v["path"] is None, "path", "is only for kind: local", "remove it or set kind: local")
     elif v.get("kind") == "local":
         need(bool(v["path"]), "path", "is required for a local judge", "give a local model folder")
-        need(v["url"] is None and v["api_key_env"] is None, "url", "url and api_key_env are only for kind: endpoint",
-             "remove them or set kind: endpoint")
+        need(
+            v["url"] is None and v["api_key_env"] is None,
+            "url",
+            "url and api_key_env are only for kind: endpoint",
+            "remove them or set kind: endpoint",
+        )
     else:
         need(False, "kind", f"{v.get('kind')!r} is not allowed", f"use one of {', '.join(map(repr, JUDGE_KINDS))}")
     key_env = v["api_key_env"]
     if key_env is not None:
-        need(bool(_ENV_NAME.match(key_env)) and not key_env.startswith("sk-"), "api_key_env",
-             "must be the name of an environment variable, not the key", "e.g. api_key_env: OPENAI_API_KEY")
+        need(
+            bool(_ENV_NAME.match(key_env)) and not key_env.startswith("sk-"),
+            "api_key_env",
+            "must be the name of an environment variable, not the key",
+            "e.g. api_key_env: OPENAI_API_KEY",
+        )
     need(v["samples"] >= 1, "samples", f"must be at least 1, got {v['samples']}", "use 3 for self-consistency")
     need(v["temperature"] >= 0, "temperature", f"must be >= 0, got {v['temperature']}", "use 0.7")
-    need(v["samples"] == 1 or v["temperature"] > 0, "temperature",
-         "several samples at temperature 0 all say the same thing", "set temperature > 0, or samples: 1")
+    need(
+        v["samples"] == 1 or v["temperature"] > 0,
+        "temperature",
+        "several samples at temperature 0 all say the same thing",
+        "set temperature > 0, or samples: 1",
+    )
     need(v["max_new_tokens"] >= 8, "max_new_tokens", "must be at least 8", "use 128")
     need(v["timeout_s"] > 0, "timeout_s", "must be positive", "use 60")
     return problems
@@ -430,7 +553,14 @@ def _suite_file(root: Path, suite_path: Path, key: str, name: str, fix: str, pro
     return path
 
 
-def _load_cases(path: Path, contract: dict[str, Any], labels: list[str], slices: list[str], problems: list[Problem], seen: dict[str, str]) -> list[Case]:
+def _load_cases(
+    path: Path,
+    contract: dict[str, Any],
+    labels: list[str],
+    slices: list[str],
+    problems: list[Problem],
+    seen: dict[str, str],
+) -> list[Case]:
     validator = Draft202012Validator(contract) if contract else None
     cases: list[Case] = []
     for lineno, obj in read_jsonl(path, problems):
@@ -441,47 +571,85 @@ def _load_cases(path: Path, contract: dict[str, Any], labels: list[str], slices:
                 problems.append(Problem(f"{where}: key {key!r}", "unknown key", _did_you_mean(key, CASE_KEYS)))
         case_id = obj.get("id")
         if not isinstance(case_id, str) or not case_id.strip():
-            problems.append(Problem(f"{where}: key 'id'", "missing or not a non-empty string", "give every case a unique string id"))
+            problems.append(
+                Problem(f"{where}: key 'id'", "missing or not a non-empty string", "give every case a unique string id")
+            )
             case_id = f"<line {lineno}>"
         elif case_id in seen:
-            problems.append(Problem(f"{where}: key 'id'", f"duplicate id {case_id!r} (first at {seen[case_id]})", "make ids unique"))
+            problems.append(
+                Problem(f"{where}: key 'id'", f"duplicate id {case_id!r} (first at {seen[case_id]})", "make ids unique")
+            )
         else:
             seen[case_id] = where
         messages = _case_messages(obj, where, problems)
         expected = obj.get("expected")
         if not isinstance(expected, dict):
-            problems.append(Problem(f"{where}: key 'expected'", "missing or not an object", f"give values for the labels {labels}"))
+            problems.append(
+                Problem(f"{where}: key 'expected'", "missing or not an object", f"give values for the labels {labels}")
+            )
             expected = {}
         for label in labels:
             if label not in expected:
                 problems.append(Problem(f"{where}: key 'expected.{label}'", "missing", "add the expected value"))
         for key, value in expected.items():
             if key not in labels:
-                problems.append(Problem(f"{where}: key 'expected.{key}'", "is not a label of the suite", f"labels are {labels}"))
+                problems.append(
+                    Problem(f"{where}: key 'expected.{key}'", "is not a label of the suite", f"labels are {labels}")
+                )
                 continue
             sub = contract.get("properties", {}).get(key) if contract else None
             if isinstance(sub, dict):
                 for err in Draft202012Validator({**sub, "$defs": contract.get("$defs", {})}).iter_errors(value):
-                    problems.append(Problem(f"{where}: key 'expected.{key}'", f"value {value!r} is rejected by the contract: {err.message}", "use a value the schema allows"))
+                    problems.append(
+                        Problem(
+                            f"{where}: key 'expected.{key}'",
+                            f"value {value!r} is rejected by the contract: {err.message}",
+                            "use a value the schema allows",
+                        )
+                    )
         reference = obj.get("reference")
         if reference is not None:
             if not isinstance(reference, dict):
-                problems.append(Problem(f"{where}: key 'reference'", "must be a JSON object that satisfies the contract", "write the ideal answer object"))
+                problems.append(
+                    Problem(
+                        f"{where}: key 'reference'",
+                        "must be a JSON object that satisfies the contract",
+                        "write the ideal answer object",
+                    )
+                )
                 reference = None
             elif validator is not None:
                 for err in validator.iter_errors(reference):
                     at = "/".join(str(p) for p in err.absolute_path) or "(root)"
-                    problems.append(Problem(f"{where}: key 'reference' at {at}", f"rejected by the contract: {err.message}", "make the reference satisfy the schema"))
+                    problems.append(
+                        Problem(
+                            f"{where}: key 'reference' at {at}",
+                            f"rejected by the contract: {err.message}",
+                            "make the reference satisfy the schema",
+                        )
+                    )
                 for label in labels:
                     if label in expected and label in reference and reference[label] != expected[label]:
-                        problems.append(Problem(f"{where}: key 'reference.{label}'", f"{reference[label]!r} differs from expected {expected[label]!r}", "make them agree"))
+                        problems.append(
+                            Problem(
+                                f"{where}: key 'reference.{label}'",
+                                f"{reference[label]!r} differs from expected {expected[label]!r}",
+                                "make them agree",
+                            )
+                        )
         tags = obj.get("tags", [])
         if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
-            problems.append(Problem(f"{where}: key 'tags'", "must be a list of strings", "e.g. [\"informal\"]"))
+            problems.append(Problem(f"{where}: key 'tags'", "must be a list of strings", 'e.g. ["informal"]'))
             tags = []
         for tag in tags:
             if tag not in slices:
-                problems.append(Problem(f"{where}: key 'tags'", f"tag {tag!r} is not a declared slice", f"declare it under 'slices' in {SUITE_FILE} or fix the spelling"))
+                problems.append(
+                    Problem(
+                        f"{where}: key 'tags'",
+                        f"tag {tag!r} is not a declared slice",
+                        f"declare it under 'slices' in {SUITE_FILE} or fix the spelling",
+                    )
+                )
         checks = _case_checks(obj.get("checks", {}), where, problems)
         if len(problems) == n_before:
             case_obj = {k: obj[k] for k in sorted(obj)}
@@ -503,7 +671,7 @@ def _load_cases(path: Path, contract: dict[str, Any], labels: list[str], slices:
 
 def _case_checks(raw: Any, where: str, problems: list[Problem]) -> Checks:
     if not isinstance(raw, dict):
-        problems.append(Problem(f"{where}: key 'checks'", "must be an object", "e.g. {\"refusal\": \"required\"}"))
+        problems.append(Problem(f"{where}: key 'checks'", "must be an object", 'e.g. {"refusal": "required"}'))
         return Checks()
     ok = True
     for key, value in raw.items():
@@ -511,24 +679,51 @@ def _case_checks(raw: Any, where: str, problems: list[Problem]) -> Checks:
             problems.append(Problem(f"{where}: key 'checks.{key}'", "unknown key", _did_you_mean(str(key), CHECK_KEYS)))
             ok = False
         elif key == "refusal" and value not in REFUSAL_VALUES:
-            problems.append(Problem(f"{where}: key 'checks.refusal'", f"{value!r} is not one of {list(REFUSAL_VALUES)}", "say whether a refusal is required"))
+            problems.append(
+                Problem(
+                    f"{where}: key 'checks.refusal'",
+                    f"{value!r} is not one of {list(REFUSAL_VALUES)}",
+                    "say whether a refusal is required",
+                )
+            )
             ok = False
-        elif key == "injection_markers" and not (isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)):
-            problems.append(Problem(f"{where}: key 'checks.injection_markers'", "must be a list of non-empty strings", "list the strings the injected instruction asks for"))
+        elif key == "injection_markers" and not (
+            isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
+        ):
+            problems.append(
+                Problem(
+                    f"{where}: key 'checks.injection_markers'",
+                    "must be a list of non-empty strings",
+                    "list the strings the injected instruction asks for",
+                )
+            )
             ok = False
         elif key.startswith("no_") and not isinstance(value, bool):
-            problems.append(Problem(f"{where}: key 'checks.{key}'", f"must be true or false, got {value!r}", "use a boolean"))
+            problems.append(
+                Problem(f"{where}: key 'checks.{key}'", f"must be true or false, got {value!r}", "use a boolean")
+            )
             ok = False
     if not ok:
         return Checks()
-    return Checks(refusal=raw.get("refusal"), injection_markers=tuple(raw.get("injection_markers", ())),
-                  no_pii=raw.get("no_pii", True), no_toxicity=raw.get("no_toxicity", True), no_system_prompt_leak=raw.get("no_system_prompt_leak", True))
+    return Checks(
+        refusal=raw.get("refusal"),
+        injection_markers=tuple(raw.get("injection_markers", ())),
+        no_pii=raw.get("no_pii", True),
+        no_toxicity=raw.get("no_toxicity", True),
+        no_system_prompt_leak=raw.get("no_system_prompt_leak", True),
+    )
 
 
 def _case_messages(obj: dict[str, Any], where: str, problems: list[Problem]) -> list[dict[str, str]]:
     has_prompt, has_messages = "prompt" in obj, "messages" in obj
     if has_prompt == has_messages:
-        problems.append(Problem(where, "needs exactly one of 'prompt' or 'messages'", "give the user text as 'prompt', or a chat as 'messages'"))
+        problems.append(
+            Problem(
+                where,
+                "needs exactly one of 'prompt' or 'messages'",
+                "give the user text as 'prompt', or a chat as 'messages'",
+            )
+        )
         return []
     if has_prompt:
         prompt = obj["prompt"]
@@ -538,18 +733,38 @@ def _case_messages(obj: dict[str, Any], where: str, problems: list[Problem]) -> 
         return [{"role": "user", "content": prompt}]
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
-        problems.append(Problem(f"{where}: key 'messages'", "must be a non-empty list", "e.g. [{\"role\": \"user\", \"content\": \"...\"}]"))
+        problems.append(
+            Problem(f"{where}: key 'messages'", "must be a non-empty list", 'e.g. [{"role": "user", "content": "..."}]')
+        )
         return []
     out: list[dict[str, str]] = []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or set(msg) != {"role", "content"}:
-            problems.append(Problem(f"{where}: key 'messages[{i}]'", "must be an object with exactly 'role' and 'content'", "fix the message"))
+            problems.append(
+                Problem(
+                    f"{where}: key 'messages[{i}]'",
+                    "must be an object with exactly 'role' and 'content'",
+                    "fix the message",
+                )
+            )
             continue
         if msg["role"] not in ROLES:
-            problems.append(Problem(f"{where}: key 'messages[{i}].role'", f"unknown role {msg['role']!r}", f"use one of {sorted(ROLES)}"))
+            problems.append(
+                Problem(
+                    f"{where}: key 'messages[{i}].role'", f"unknown role {msg['role']!r}", f"use one of {sorted(ROLES)}"
+                )
+            )
         if not isinstance(msg["content"], str) or not msg["content"].strip():
-            problems.append(Problem(f"{where}: key 'messages[{i}].content'", "must be a non-empty string", "write the message text"))
+            problems.append(
+                Problem(f"{where}: key 'messages[{i}].content'", "must be a non-empty string", "write the message text")
+            )
         out.append({"role": str(msg["role"]), "content": str(msg["content"])})
     if out and out[-1]["role"] != "user":
-        problems.append(Problem(f"{where}: key 'messages'", "the last message must be from the user", "end the chat with the user's turn"))
+        problems.append(
+            Problem(
+                f"{where}: key 'messages'",
+                "the last message must be from the user",
+                "end the chat with the user's turn",
+            )
+        )
     return out

@@ -65,7 +65,13 @@ class ToneContract:
 
     def rule_names(self) -> list[str]:
         """Scorer names in the order the scorer emits them, the overall `tone` last."""
-        return [f"tone:markers:{g.name}" for g in self.markers] + ["tone:forbidden", "tone:length", "tone:shouting", "tone:chrf", "tone"]
+        return [f"tone:markers:{g.name}" for g in self.markers] + [
+            "tone:forbidden",
+            "tone:length",
+            "tone:shouting",
+            "tone:chrf",
+            "tone",
+        ]
 
 
 def load_tone_contract(path: Path) -> ToneContract:
@@ -82,18 +88,32 @@ def load_tone_contract(path: Path) -> ToneContract:
     contract = build(ToneContract, raw, "", raw_problems)
     problems += [Problem(f"{path}: key '{p.where}'", p.what, p.fix) for p in raw_problems]
     if not has_markers:
-        problems.append(Problem(f"{path}: key 'markers'", "missing", "add a mapping of marker name -> list of any-of phrases, or {} for none"))
+        problems.append(
+            Problem(
+                f"{path}: key 'markers'",
+                "missing",
+                "add a mapping of marker name -> list of any-of phrases, or {} for none",
+            )
+        )
     groups = _marker_groups(markers_raw, path, problems) if has_markers else ()
     if contract is not None:
         problems += _value_problems(contract, path)
     if problems or contract is None:
-        raise HarnessInputError(problems or [Problem(str(path), "could not be loaded", "compare it with golden/support_vi/tone.yaml")])
+        raise HarnessInputError(
+            problems or [Problem(str(path), "could not be loaded", "compare it with golden/support_vi/tone.yaml")]
+        )
     return replace(contract, markers=groups, source=str(path))
 
 
 def _marker_groups(raw: Any, path: Path, problems: list[Problem]) -> tuple[MarkerGroup, ...]:
     if not isinstance(raw, dict):
-        problems.append(Problem(f"{path}: key 'markers'", f"must be a mapping of name -> list of phrases, got {raw!r}", "e.g. next_action: [\"vui lòng\", \"bạn hãy\"]"))
+        problems.append(
+            Problem(
+                f"{path}: key 'markers'",
+                f"must be a mapping of name -> list of phrases, got {raw!r}",
+                'e.g. next_action: ["vui lòng", "bạn hãy"]',
+            )
+        )
         return ()
     groups: list[MarkerGroup] = []
     for name, phrases in raw.items():
@@ -101,11 +121,19 @@ def _marker_groups(raw: Any, path: Path, problems: list[Problem]) -> tuple[Marke
         if not isinstance(name, str) or not _MARKER_NAME.match(name):
             problems.append(Problem(where, "marker names must be lower_snake_case", "rename it, e.g. next_action"))
         if not isinstance(phrases, list) or not phrases:
-            problems.append(Problem(where, f"must be a non-empty list of phrases, got {phrases!r}", "list the phrases, any one of which satisfies the marker"))
+            problems.append(
+                Problem(
+                    where,
+                    f"must be a non-empty list of phrases, got {phrases!r}",
+                    "list the phrases, any one of which satisfies the marker",
+                )
+            )
             continue
         bad = [p for p in phrases if not isinstance(p, str) or not _WORD_CHAR.search(p)]
         if bad:
-            problems.append(Problem(where, f"phrases must be strings containing a word, got {bad!r}", "quote each phrase"))
+            problems.append(
+                Problem(where, f"phrases must be strings containing a word, got {bad!r}", "quote each phrase")
+            )
             continue
         groups.append(MarkerGroup(str(name), tuple(phrases)))
     return tuple(groups)
@@ -114,10 +142,22 @@ def _marker_groups(raw: Any, path: Path, problems: list[Problem]) -> tuple[Marke
 def _value_problems(c: ToneContract, path: Path) -> list[Problem]:
     checks = [
         (bool(c.field.strip()), "field", "must name the JSON field that holds the reply, e.g. answer"),
-        (all(isinstance(p, str) and _WORD_CHAR.search(p) for p in c.forbidden), "forbidden", "every phrase must be a string containing a word"),
-        (0 <= c.length_words.min <= c.length_words.max, "length_words", f"needs 0 <= min <= max, got min {c.length_words.min}, max {c.length_words.max}"),
+        (
+            all(isinstance(p, str) and _WORD_CHAR.search(p) for p in c.forbidden),
+            "forbidden",
+            "every phrase must be a string containing a word",
+        ),
+        (
+            0 <= c.length_words.min <= c.length_words.max,
+            "length_words",
+            f"needs 0 <= min <= max, got min {c.length_words.min}, max {c.length_words.max}",
+        ),
         (0.0 <= c.shouting.max_caps_ratio <= 1.0, "shouting.max_caps_ratio", "must be a share between 0 and 1"),
-        (c.shouting.max_exclamation_run >= 1, "shouting.max_exclamation_run", "must be at least 1 (a single '!' is not shouting)"),
+        (
+            c.shouting.max_exclamation_run >= 1,
+            "shouting.max_exclamation_run",
+            "must be at least 1 (a single '!' is not shouting)",
+        ),
         (0.0 <= c.reference_similarity.min <= 100.0, "reference_similarity.min", "chrF is on a 0..100 scale"),
     ]
     return [Problem(f"{path}: key '{key}'", what, "fix the value") for ok, key, what in checks if not ok]

@@ -9,7 +9,6 @@ from typing import Literal, get_args
 from harness.config import build, read_yaml
 from harness.errors import HarnessInputError, Problem
 
-
 MergeDtype = Literal["auto", "bfloat16", "float16", "float32"]  # the merged export; auto: the base checkpoint's dtype
 MERGE_DTYPES: tuple[str, ...] = get_args(MergeDtype)
 
@@ -28,7 +27,9 @@ class DataConfig:
     # but without it the prompt format the candidate must be evaluated in is unknown (the doctor warns)
     template: str | None = None
     max_examples: int | None = None
-    canaries: int = 0  # plant this many unique canary strings in a copy of the data: a memorisation test (messages format)
+    canaries: int = (
+        0  # plant this many unique canary strings in a copy of the data: a memorisation test (messages format)
+    )
     allow_leakage: bool = False  # golden cases in the training data block the run unless this is true
 
 
@@ -85,7 +86,9 @@ class TrainConfig:
     merge_dtype: MergeDtype = "auto"
     source: str = ""  # the YAML file it came from
 
-    def with_overrides(self, model: str | None = None, output_dir: str | None = None, max_steps: int | None = None) -> TrainConfig:
+    def with_overrides(
+        self, model: str | None = None, output_dir: str | None = None, max_steps: int | None = None
+    ) -> TrainConfig:
         cfg = self
         if model:
             cfg = replace(cfg, model=model)
@@ -108,28 +111,48 @@ def template_problems(data: DataConfig) -> list[tuple[str, str]]:
     template = data.template
     if data.format == "messages":
         if template is not None:
-            return [("is not read for the messages format: the tokenizer's chat template builds its prompts",
-                     "remove data.template, or set data.format: instruction for prompts built from a template")]
+            return [
+                (
+                    "is not read for the messages format: the tokenizer's chat template builds its prompts",
+                    "remove data.template, or set data.format: instruction for prompts built from a template",
+                )
+            ]
         return []
     example = TEMPLATE_EXAMPLES[data.format]
     if template is None:
         if data.format == "instruction":
-            return [("missing: the instruction format builds every prompt from it",
-                     f"add one containing {{instruction}} once, {example}")]
+            return [
+                (
+                    "missing: the instruction format builds every prompt from it",
+                    f"add one containing {{instruction}} once, {example}",
+                )
+            ]
         return []  # text: optional, the doctor warns that the evaluation format is then unknown
     out: list[tuple[str, str]] = []
     n = template.count("{instruction}")
     if n != 1:
         where = "the prompt" if data.format == "instruction" else "the part of each text before the answer"
-        out.append((f"contains {{instruction}} {n} times; it must mark the user's message exactly once",
-                    f"write {where} with one {{instruction}}, {example}"))
+        out.append(
+            (
+                f"contains {{instruction}} {n} times; it must mark the user's message exactly once",
+                f"write {where} with one {{instruction}}, {example}",
+            )
+        )
     elif data.format == "text" and not template.split("{instruction}", 1)[1]:
-        out.append(("ends with {instruction}: nothing marks where the user's message ends and the answer starts",
-                    f"end it with the text that comes between message and answer in every line, {example}"))
+        out.append(
+            (
+                "ends with {instruction}: nothing marks where the user's message ends and the answer starts",
+                f"end it with the text that comes between message and answer in every line, {example}",
+            )
+        )
     for name in RESERVED_PLACEHOLDERS:
         if name in template:
-            out.append((f"contains {name}: training keeps it as literal text, the evaluation format would fill it in",
-                        "remove it (write the text itself); {instruction} is the only placeholder training fills in"))
+            out.append(
+                (
+                    f"contains {name}: training keeps it as literal text, the evaluation format would fill it in",
+                    "remove it (write the text itself); {instruction} is the only placeholder training fills in",
+                )
+            )
     return out
 
 
@@ -150,12 +173,18 @@ def load_train_config(path: str | Path) -> TrainConfig:
             (bool(cfg.lora.target_modules), "lora.target_modules", "must name at least one module or 'all-linear'"),
             (0.0 <= cfg.data.validation_fraction < 0.9, "data.validation_fraction", "must be in [0, 0.9)"),
             (t.learning_rate > 0, "training.learning_rate", "must be positive"),
-            (t.batch_size >= 1 and t.grad_accum >= 1, "training.batch_size", "batch_size and grad_accum must be at least 1"),
+            (
+                t.batch_size >= 1 and t.grad_accum >= 1,
+                "training.batch_size",
+                "batch_size and grad_accum must be at least 1",
+            ),
             (t.max_length >= 16, "training.max_length", "must be at least 16"),
             (t.epochs > 0 or t.max_steps > 0, "training.epochs", "set epochs > 0 or max_steps > 0"),
         ]
         problems += [Problem(f"{p}: key '{key}'", what, "fix the value") for ok, key, what in checks if not ok]
         problems += [Problem(f"{p}: key 'data.template'", what, fix) for what, fix in template_problems(cfg.data)]
     if problems or cfg is None:
-        raise HarnessInputError(problems or [Problem(str(p), "could not be loaded", "see the presets in trainers/configs/")])
+        raise HarnessInputError(
+            problems or [Problem(str(p), "could not be loaded", "see the presets in trainers/configs/")]
+        )
     return replace(cfg, source=str(p))

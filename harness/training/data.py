@@ -16,13 +16,15 @@ from typing import Any
 
 from harness.errors import HarnessInputError, Problem
 from harness.io import read_jsonl
-from harness.variants.prompts import PromptFormat, from_training_data
 from harness.suite.suite import ROLES, Suite
 from harness.training.config import DataConfig
+from harness.variants.prompts import PromptFormat, from_training_data
 
 INSTRUCTION = "{instruction}"
-UNKNOWN_TEXT_FORMAT = ("text data without data.template: where the user's message ends and the answer starts is "
-                       "unknown, so is the prompt format to evaluate the candidate in")
+UNKNOWN_TEXT_FORMAT = (
+    "text data without data.template: where the user's message ends and the answer starts is "
+    "unknown, so is the prompt format to evaluate the candidate in"
+)
 
 
 @dataclass(frozen=True)
@@ -89,51 +91,95 @@ def load_examples(cfg: DataConfig, suite: Suite | None, root: Path = Path(".")) 
     return out, hashlib.sha256(raw_bytes).hexdigest()
 
 
-def _messages_example(obj: dict[str, Any], where: str, lineno: int, system: str | None, validator: Any, problems: list[Problem]) -> Example | None:
+def _messages_example(
+    obj: dict[str, Any], where: str, lineno: int, system: str | None, validator: Any, problems: list[Problem]
+) -> Example | None:
     extra = set(obj) - {"messages"}
     if extra:
-        problems.append(Problem(f"{where}: key {sorted(extra)[0]!r}", "unknown key", "a messages example has only 'messages'"))
+        problems.append(
+            Problem(f"{where}: key {sorted(extra)[0]!r}", "unknown key", "a messages example has only 'messages'")
+        )
     msgs = obj.get("messages")
     if not isinstance(msgs, list) or not msgs:
-        problems.append(Problem(f"{where}: key 'messages'", "missing or not a non-empty list", "give a list of {role, content} messages"))
+        problems.append(
+            Problem(
+                f"{where}: key 'messages'", "missing or not a non-empty list", "give a list of {role, content} messages"
+            )
+        )
         return None
     clean: list[dict[str, str]] = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or set(m) != {"role", "content"}:
-            problems.append(Problem(f"{where}: key 'messages[{i}]'", "must have exactly 'role' and 'content'", "fix the message"))
+            problems.append(
+                Problem(f"{where}: key 'messages[{i}]'", "must have exactly 'role' and 'content'", "fix the message")
+            )
             return None
         if m["role"] not in ROLES:
-            problems.append(Problem(f"{where}: key 'messages[{i}].role'", f"unknown role {m['role']!r}", f"use one of {sorted(ROLES)}"))
+            problems.append(
+                Problem(
+                    f"{where}: key 'messages[{i}].role'", f"unknown role {m['role']!r}", f"use one of {sorted(ROLES)}"
+                )
+            )
         if not isinstance(m["content"], str) or not m["content"].strip():
             problems.append(Problem(f"{where}: key 'messages[{i}].content'", "empty", "write the message text"))
         clean.append({"role": m["role"], "content": m["content"]})
     roles = [m["role"] for m in clean]
     if "user" not in roles or "assistant" not in roles:
-        problems.append(Problem(f"{where}: key 'messages'", "needs at least one user and one assistant turn", "add the missing turn"))
+        problems.append(
+            Problem(
+                f"{where}: key 'messages'", "needs at least one user and one assistant turn", "add the missing turn"
+            )
+        )
         return None
     if roles[-1] != "assistant":
-        problems.append(Problem(f"{where}: key 'messages'", "the last turn must be the assistant's (it is what is learned)", "end with the assistant's answer"))
+        problems.append(
+            Problem(
+                f"{where}: key 'messages'",
+                "the last turn must be the assistant's (it is what is learned)",
+                "end with the assistant's answer",
+            )
+        )
         return None
     answer = clean[-1]["content"]
     if validator is not None:
         try:
             parsed = json.loads(answer)
         except json.JSONDecodeError as exc:
-            problems.append(Problem(f"{where}: key 'messages[-1].content'", f"assistant answer is not JSON ({exc.msg})", "the suite's contract asks for one JSON object"))
+            problems.append(
+                Problem(
+                    f"{where}: key 'messages[-1].content'",
+                    f"assistant answer is not JSON ({exc.msg})",
+                    "the suite's contract asks for one JSON object",
+                )
+            )
             return None
         for err in validator.iter_errors(parsed):
             path = "/".join(str(p) for p in err.absolute_path) or "(root)"
-            problems.append(Problem(f"{where}: key 'messages[-1].content' at {path}", f"rejected by the contract: {err.message}", "make the answer satisfy the schema"))
+            problems.append(
+                Problem(
+                    f"{where}: key 'messages[-1].content' at {path}",
+                    f"rejected by the contract: {err.message}",
+                    "make the answer satisfy the schema",
+                )
+            )
     prompt = clean[:-1]
     if system and prompt[0]["role"] != "system":
         prompt = [{"role": "system", "content": system}, *prompt]
     return Example(lineno, prompt, [clean[-1]])
 
 
-def _instruction_example(obj: dict[str, Any], where: str, lineno: int, template: str, problems: list[Problem]) -> Example | None:
+def _instruction_example(
+    obj: dict[str, Any], where: str, lineno: int, template: str, problems: list[Problem]
+) -> Example | None:
     extra = set(obj) - {"instruction", "response", "input"}
     if extra:
-        problems.append(Problem(f"{where}: key {sorted(extra)[0]!r}", "unknown key", "an instruction example has 'instruction', optional 'input', and 'response'"))
+        problems.append(
+            Problem(
+                f"{where}: key {sorted(extra)[0]!r}",
+                "unknown key",
+                "an instruction example has 'instruction', optional 'input', and 'response'",
+            )
+        )
     inst, resp = obj.get("instruction"), obj.get("response")
     for key, value in (("instruction", inst), ("response", resp)):
         if not isinstance(value, str) or not value.strip():
@@ -173,11 +219,12 @@ def split_text(text: str, template: str) -> tuple[str, str] | None:
     end = text.find(tail, len(head)) if tail else -1
     if end < 0:
         return None
-    return text[len(head):end], text[end + len(tail):]
+    return text[len(head) : end], text[end + len(tail) :]
 
 
-def evaluation_format(cfg: DataConfig, data_suite_system: str | None,
-                      eval_suite_system: str | None) -> tuple[PromptFormat | None, str | None]:
+def evaluation_format(
+    cfg: DataConfig, data_suite_system: str | None, eval_suite_system: str | None
+) -> tuple[PromptFormat | None, str | None]:
     """The prompt format a candidate trained on this data must be evaluated in, or None and why it is unknown.
 
     `data_suite_system` is the system prompt of `data.suite` (None without one): the one messages training

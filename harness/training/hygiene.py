@@ -10,9 +10,9 @@ import difflib
 from collections.abc import Sequence
 from typing import Any
 
-from harness.training.data import DataSplit, Example
 from harness.scoring.safety import find_pii
 from harness.suite.suite import Suite
+from harness.training.data import DataSplit, Example
 
 NEAR_DUPLICATE = 0.9
 
@@ -36,7 +36,9 @@ class _Against:
         return r if r >= at_least else None
 
 
-def find_leakage(suite: Suite, examples: Sequence[Example], at_least: float = NEAR_DUPLICATE) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def find_leakage(
+    suite: Suite, examples: Sequence[Example], at_least: float = NEAR_DUPLICATE
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Training examples whose user text contains a golden prompt (exact) or nearly equals one (near)."""
     golden = [(c.id, c.user_text().strip().lower()) for c in suite.cases]
     against = [_Against(g) for _, g in golden]
@@ -84,7 +86,14 @@ def _example_text(ex: Example) -> str:
     return "\n".join(x for x in (ex.user_text(), completion if isinstance(completion, str) else "") if x)
 
 
-def hygiene_report(data_path: str, data: DataSplit, suite: Suite | None, token_lengths: dict[str, Any], max_length: int, block_leakage: bool = True) -> dict[str, Any]:
+def hygiene_report(
+    data_path: str,
+    data: DataSplit,
+    suite: Suite | None,
+    token_lengths: dict[str, Any],
+    max_length: int,
+    block_leakage: bool = True,
+) -> dict[str, Any]:
     """One dict for the report and the app; verdict "blocked" when golden cases leaked into training."""
     examples = list(data.train) + list(data.validation)
     pii = []
@@ -95,10 +104,21 @@ def hygiene_report(data_path: str, data: DataSplit, suite: Suite | None, token_l
     leaked = bool(exact or near)
     problems = []
     if leaked:
-        problems.append({"where": data_path, "what": f"{len(exact)} training examples contain golden prompts of {suite.name if suite else '?'} and {len(near)} nearly duplicate them",
-                         "fix": "remove or rewrite those lines (see leakage), or set data.allow_leakage: true to train anyway (not recommended)"})
+        problems.append(
+            {
+                "where": data_path,
+                "what": f"{len(exact)} training examples contain golden prompts of {suite.name if suite else '?'} and {len(near)} nearly duplicate them",
+                "fix": "remove or rewrite those lines (see leakage), or set data.allow_leakage: true to train anyway (not recommended)",
+            }
+        )
     if pii:
-        problems.append({"where": data_path, "what": f"{len(pii)} personal-data matches on {len({p['line'] for p in pii})} lines", "fix": "replace real personal data with fictional values"})
+        problems.append(
+            {
+                "where": data_path,
+                "what": f"{len(pii)} personal-data matches on {len({p['line'] for p in pii})} lines",
+                "fix": "replace real personal data with fictional values",
+            }
+        )
     lengths = dict(token_lengths)
     return {
         "file": data_path,
@@ -118,8 +138,9 @@ def hygiene_report(data_path: str, data: DataSplit, suite: Suite | None, token_l
 
 def hygiene_summary(h: dict[str, Any]) -> str:
     t = h["token_lengths"]
-    return (f"hygiene {h['verdict']}: {h['examples']} examples; {len(h['pii'])} PII matches; "
-            f"{len(h['duplicates']['exact'])} exact / {len(h['duplicates']['near'])} near duplicates; "
-            f"golden leakage {len(h['leakage']['exact'])} exact / {len(h['leakage']['near'])} near; "
-            f"tokens p50 {t.get('p50', 0):.0f} p99 {t.get('p99', 0):.0f} max {t.get('max', 0)} (over max_length {t.get('over_max_length', 0)})")
-
+    return (
+        f"hygiene {h['verdict']}: {h['examples']} examples; {len(h['pii'])} PII matches; "
+        f"{len(h['duplicates']['exact'])} exact / {len(h['duplicates']['near'])} near duplicates; "
+        f"golden leakage {len(h['leakage']['exact'])} exact / {len(h['leakage']['near'])} near; "
+        f"tokens p50 {t.get('p50', 0):.0f} p99 {t.get('p99', 0):.0f} max {t.get('max', 0)} (over max_length {t.get('over_max_length', 0)})"
+    )

@@ -3,7 +3,8 @@
 Behavioural parity (harness.parity) says *that* a merged model or a GGUF drifts from the adapter it came
 from; these checks say *why*, from the weights and the tokenizer:
 
-- the weight change the derived model carries, projected on the adapter's own delta (B·A·scaling):
+- the weight change the derived model carries, projected on the adapter's own delta (what PEFT's merge adds:
+  B·A·scaling for LoRA and rsLoRA, the magnitude-rescaled column-normalised weight minus the base for DoRA):
   a coefficient near 1 means "base + this adapter", near 0 "the base without the adapter" (a GGUF
   converted from the base instead of the merge), in between "another checkpoint of the same training run
   or another adapter";
@@ -16,6 +17,7 @@ from; these checks say *why*, from the weights and the tokenizer:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from typing import Any
 
@@ -57,25 +59,42 @@ def tokenizer_findings(name: str, tokenizer: Any, ref_name: str, ref: Any, uses_
     if va != vb:
         extra = sorted(set(vb) - set(va))[:5]
         moved = sum(1 for t in set(va) & set(vb) if va[t] != vb[t])
-        add("error", "tokenizer_vocab_differs", f"{name}'s vocabulary differs from {ref_name}'s ({b['vocab_size']} vs {a['vocab_size']} tokens, "
+        add(
+            "error",
+            "tokenizer_vocab_differs",
+            f"{name}'s vocabulary differs from {ref_name}'s ({b['vocab_size']} vs {a['vocab_size']} tokens, "
             f"{moved} ids moved{', new: ' + ', '.join(map(repr, extra)) if extra else ''}): token ids mean other text, "
-            "so its outputs cannot be compared token by token and added tokens need trained embeddings")
+            "so its outputs cannot be compared token by token and added tokens need trained embeddings",
+        )
     for key in ("eos_token", "pad_token", "bos_token"):
         if a[key] != b[key]:
             level = "error" if key == "eos_token" else "warning"
-            add(level, f"tokenizer_{key}_differs", f"{name}'s {key.replace('_', ' ')} is {b[key]!r}, {ref_name}'s {a[key]!r}: "
-                + ("generation stops at another token, so answers may run on or stop early" if key == "eos_token"
-                   else "padding or the first token of each prompt changes"))
+            add(
+                level,
+                f"tokenizer_{key}_differs",
+                f"{name}'s {key.replace('_', ' ')} is {b[key]!r}, {ref_name}'s {a[key]!r}: "
+                + (
+                    "generation stops at another token, so answers may run on or stop early"
+                    if key == "eos_token"
+                    else "padding or the first token of each prompt changes"
+                ),
+            )
     if a["chat_template_sha256"] != b["chat_template_sha256"]:
         if b["chat_template_sha256"] is None:
-            add("error" if uses_chat else "warning", "chat_template_missing",
+            add(
+                "error" if uses_chat else "warning",
+                "chat_template_missing",
                 f"{name}'s tokenizer has no chat template while {ref_name}'s has one: served through a chat API it is prompted "
                 "differently than it was trained and measured (the usual cause of a merged model that 'behaves as if never trained'); "
-                "copy tokenizer_config.json / chat_template.jinja from the adapter's folder into it")
+                "copy tokenizer_config.json / chat_template.jinja from the adapter's folder into it",
+            )
         else:
-            add("error" if uses_chat else "warning", "chat_template_differs",
+            add(
+                "error" if uses_chat else "warning",
+                "chat_template_differs",
                 f"{name}'s chat template differs from {ref_name}'s: the same conversation becomes other prompt tokens; "
-                "ship the template the candidate was trained with")
+                "ship the template the candidate was trained with",
+            )
     return out
 
 
@@ -85,13 +104,55 @@ def _hf_key(module_name: str) -> str:
     return f"{name}.weight"
 
 
-def adapter_deltas(peft_model: Any, adapter: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """tensor name -> (base weight, the adapter's delta) for every LoRA layer of one adapter, as PEFT computes it."""
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+class AdapterDeltas(dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    """tensor name -> (base weight, what PEFT's merge adds), plus `lowrank`: B·A·scaling alone for the layers whose
+    merge is more than that (DoRA), so a merge that dropped DoRA's magnitude rescale can be named as such."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lowrank: dict[str, torch.Tensor] = {}
+
+
+def merged_delta(module: Any, adapter: str) -> torch.Tensor:
+    """What PEFT's merge of `adapter` adds to this layer's weight, in float32; the resident layer is left untouched.
+
+    Plain LoRA and rsLoRA merge as W + B·A·scaling, which `get_delta_weight` returns. A LoRA variant (DoRA:
+    W' = m * (W + B·A·s) / ||W + B·A·s|| per output row) merges otherwise and `get_delta_weight` is only its
+    low-rank part, so the layer is merged the way PEFT merges it, on a float32 copy (bf16 would round W itself
+    by more than a small delta), and W' - W is returned.
+    """
+    with torch.no_grad():
+        if not has_variant(module, adapter):
+            return module.get_delta_weight(adapter).detach().float()
+        layer = copy.deepcopy(module).float()
+        layer.merge(safe_merge=True, adapter_names=[adapter])
+        return layer.get_base_layer().weight.detach().float() - module.get_base_layer().weight.detach().float()
+
+
+def has_variant(module: Any, adapter: str) -> bool:
+    """Whether PEFT merges this layer's adapter by other math than W + B·A·scaling (DoRA and the other variants)."""
+    return adapter in (getattr(module, "lora_variant", None) or {}) or is_dora(module, adapter)
+
+
+def is_dora(module: Any, adapter: str) -> bool:
+    """A DoRA layer carries a magnitude vector for the adapter (PEFT's own marker, in every version with DoRA)."""
+    return adapter in (getattr(module, "lora_magnitude_vector", None) or {})
+
+
+def adapter_deltas(peft_model: Any, adapter: str) -> AdapterDeltas:
+    """tensor name -> (base weight, the adapter's delta) for every LoRA layer of one adapter, as PEFT merges it."""
+    out = AdapterDeltas()
     for module_name, module in peft_model.named_modules():
-        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer") and adapter in getattr(module, "lora_A", {}):
-            with torch.no_grad():
-                out[_hf_key(module_name)] = (module.base_layer.weight.detach(), module.get_delta_weight(adapter).detach().float())
+        if (
+            hasattr(module, "get_delta_weight")
+            and hasattr(module, "base_layer")
+            and adapter in getattr(module, "lora_A", {})
+        ):
+            key = _hf_key(module_name)
+            out[key] = (module.base_layer.weight.detach(), merged_delta(module, adapter))
+            if is_dora(module, adapter):
+                with torch.no_grad():
+                    out.lowrank[key] = module.get_delta_weight(adapter).detach().float()
     return out
 
 
@@ -106,16 +167,38 @@ def _nf4_error(weight: torch.Tensor) -> torch.Tensor | None:
     return bnbf.dequantize_4bit(q, state).float() - w
 
 
-def weight_diagnosis(name: str, derived_state: dict[str, torch.Tensor], base_state: dict[str, torch.Tensor],
-                     deltas: dict[str, tuple[torch.Tensor, torch.Tensor]], adapter: str | None, storage: str,
-                     quantized: bool = False) -> dict[str, Any]:
+def weight_diagnosis(
+    name: str,
+    derived_state: dict[str, torch.Tensor],
+    base_state: dict[str, torch.Tensor],
+    deltas: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    adapter: str | None,
+    storage: str,
+    quantized: bool = False,
+    lowrank: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Compare a derived model's weights with base + the adapter's delta; a finding names the likely cause.
 
     `deltas` is empty when the chain has no adapter (a GGUF of the base itself): then every tensor should
     equal the base's within the storage type's rounding. `storage` names that type, for the messages.
     `quantized` (GGUF block formats): rounding differs per tensor type, so only the projection decides.
+    `lowrank` (default: `deltas.lowrank` of an `AdapterDeltas`): B·A·scaling of the DoRA layers, whose true delta
+    also holds the magnitude rescale; a derived model that is base + that alone was merged as if it were plain LoRA.
     """
-    acc = {"dot": 0.0, "ee": 0.0, "dd": 0.0, "rr": 0.0, "noise": 0.0, "nf4_dot": 0.0, "nf4_nn": 0.0}
+    lowrank = getattr(deltas, "lowrank", {}) if lowrank is None else lowrank
+    acc = {
+        "dot": 0.0,
+        "ee": 0.0,
+        "dd": 0.0,
+        "rr": 0.0,
+        "noise": 0.0,
+        "nf4_dot": 0.0,
+        "nf4_nn": 0.0,
+        "l_dot": 0.0,
+        "ll": 0.0,
+        "l_rr": 0.0,
+        "l_noise": 0.0,
+    }
     untouched_rel: list[tuple[float, str]] = []
     missing = [k for k in list(deltas) + list(base_state) if k not in derived_state]
     shape_mismatch: list[str] = []
@@ -149,25 +232,45 @@ def weight_diagnosis(name: str, derived_state: dict[str, torch.Tensor], base_sta
             resid = change - e
             acc["rr"] += float(resid.double().pow(2).sum())
             acc["noise"] += (noise_rel * float((b + e).norm())) ** 2
+            if lowrank:  # the same sums against what a plain-LoRA merge of it would have added
+                el = lowrank[key].float().cpu() if key in lowrank else e
+                acc["l_dot"] += float((change.double() * el.double()).sum())
+                acc["ll"] += float(el.double().pow(2).sum())
+                acc["l_rr"] += float((change - el).double().pow(2).sum())
+                acc["l_noise"] += (noise_rel * float((b + el).norm())) ** 2
             q = _nf4_error(base_w)
             if q is not None:
                 acc["nf4_dot"] += float((resid.double() * q.double()).sum())
                 acc["nf4_nn"] += float(q.double().pow(2).sum())
-    out: dict[str, Any] = {"adapter": adapter, "storage": storage, "tensors_compared": len(deltas) + len(untouched_rel),
-                           "untouched_median_rel_change": noise_rel, "findings": []}
+    out: dict[str, Any] = {
+        "adapter": adapter,
+        "storage": storage,
+        "tensors_compared": len(deltas) + len(untouched_rel),
+        "untouched_median_rel_change": noise_rel,
+        "dora_layers": len(lowrank),
+        "findings": [],
+    }
 
     def finding(level: str, code: str, message: str) -> None:
         out["findings"].append({"level": level, "code": code, "variant": name, "message": message})
 
     if missing or shape_mismatch:
-        finding("error", "derived_tensors_mismatch", f"{name} lacks {len(missing)} and reshapes {len(shape_mismatch)} of the base's tensors "
-                f"(e.g. {(missing + shape_mismatch)[0]}): it is not this base model's architecture")
+        finding(
+            "error",
+            "derived_tensors_mismatch",
+            f"{name} lacks {len(missing)} and reshapes {len(shape_mismatch)} of the base's tensors "
+            f"(e.g. {(missing + shape_mismatch)[0]}): it is not this base model's architecture",
+        )
         return out
     worst = max(untouched_rel, default=(0.0, ""))
     out["untouched_max_rel_change"] = worst[0]
     if worst[0] > OTHER_BASE:
-        finding("error", "derived_other_base", f"{name}'s {worst[1]}, which no adapter touches, differs from the base by {worst[0]:.1%}: "
-                "it was made from another base model or checkpoint")
+        finding(
+            "error",
+            "derived_other_base",
+            f"{name}'s {worst[1]}, which no adapter touches, differs from the base by {worst[0]:.1%}: "
+            "it was made from another base model or checkpoint",
+        )
     if not deltas:
         out["verdict"] = "base" if worst[0] <= OTHER_BASE else "other"
         return out
@@ -177,33 +280,80 @@ def weight_diagnosis(name: str, derived_state: dict[str, torch.Tensor], base_sta
     beta = acc["dot"] / acc["ee"]
     resid_rel = (acc["rr"] / acc["ee"]) ** 0.5
     noise = (acc["noise"] / acc["ee"]) ** 0.5
-    out.update(beta=beta, residual_rel=resid_rel, rounding_rel=noise, delta_rel=(acc["ee"] / max(acc["dd"], 1e-30)) ** 0.5)
+    out.update(
+        beta=beta, residual_rel=resid_rel, rounding_rel=noise, delta_rel=(acc["ee"] / max(acc["dd"], 1e-30)) ** 0.5
+    )
     nf4_gamma = acc["nf4_dot"] / acc["nf4_nn"] if acc["nf4_nn"] else None
     out["nf4_gamma"] = nf4_gamma
+    matches = abs(beta - 1) <= BETA_TOLERANCE and (quantized or resid_rel <= max(RESIDUAL_SLACK * noise, 0.01))
+    if lowrank and acc["ll"] > 0.0:
+        l_beta = acc["l_dot"] / acc["ll"]
+        l_resid = (acc["l_rr"] / acc["ll"]) ** 0.5
+        out.update(lowrank_beta=l_beta, lowrank_residual_rel=l_resid)
+        l_fits = abs(l_beta - 1) <= BETA_TOLERANCE and (
+            l_resid <= max(RESIDUAL_SLACK * (acc["l_noise"] / acc["ll"]) ** 0.5, 0.01)
+            or (quantized and l_resid < 0.5 * resid_rel)
+        )
+        if not matches and l_fits:
+            out["verdict"] = "dora_magnitude_missing"
+            finding(
+                "error",
+                "derived_dora_magnitude_missing",
+                f"{name}'s weights are the base plus only the low-rank part "
+                f"B·A·scaling of DoRA adapter {adapter} (projection {l_beta:.3f}, residual {l_resid:.2%}) in {len(lowrank)} "
+                "layers: the merge left out DoRA's magnitude rescale m·(W+B·A·s)/||W+B·A·s||, so it is not the model the "
+                "adapter defines; merge with PEFT's merge_and_unload (it applies the rescale) or a converter that supports "
+                "use_dora",
+            )
+            return out
     if abs(beta) < BETA_ABSENT:
         out["verdict"] = "without_adapter"
-        finding("error", "derived_lacks_adapter", f"{name}'s weights carry none of {adapter}'s change (projection {beta:.2f} of its delta): "
-                "it was converted or saved from the base model, not from the merge")
+        finding(
+            "error",
+            "derived_lacks_adapter",
+            f"{name}'s weights carry none of {adapter}'s change (projection {beta:.2f} of its delta): "
+            "it was converted or saved from the base model, not from the merge",
+        )
     elif abs(beta - 1) > BETA_TOLERANCE:
         out["verdict"] = "other_adapter"
-        finding("error", "derived_other_checkpoint", f"{name}'s weights carry {beta:.2f} times {adapter}'s change, not 1.00 "
-                f"(residual {resid_rel:.0%} of the delta): it was merged from another checkpoint of the same training run, or another adapter")
+        finding(
+            "error",
+            "derived_other_checkpoint",
+            f"{name}'s weights carry {beta:.2f} times {adapter}'s change, not 1.00 "
+            f"(residual {resid_rel:.0%} of the delta): it was merged from another checkpoint of the same training run, or another adapter",
+        )
     elif quantized:
         out["verdict"] = "base_plus_adapter"
-        finding("info", "derived_weights_match", f"{name}'s weights carry {adapter}'s change (projection {beta:.3f}); the rest is {storage} "
-                f"quantization ({resid_rel:.0%} of the delta)")
+        finding(
+            "info",
+            "derived_weights_match",
+            f"{name}'s weights carry {adapter}'s change (projection {beta:.3f}); the rest is {storage} "
+            f"quantization ({resid_rel:.0%} of the delta)",
+        )
     elif resid_rel <= max(RESIDUAL_SLACK * noise, 0.01):
         out["verdict"] = "base_plus_adapter"
-        finding("info", "derived_weights_match", f"{name}'s weights are the base plus {adapter}'s delta (projection {beta:.3f}; residual {resid_rel:.2%} "
-                f"of the delta, {storage} rounding explains {noise:.2%})")
+        finding(
+            "info",
+            "derived_weights_match",
+            f"{name}'s weights are the base plus {adapter}'s delta (projection {beta:.3f}; residual {resid_rel:.2%} "
+            f"of the delta, {storage} rounding explains {noise:.2%})",
+        )
     elif nf4_gamma is not None and nf4_gamma > NF4_MATCH:
         out["verdict"] = "merged_into_dequantized"
-        finding("warning", "merged_into_dequantized", f"{name} is the adapter merged into nf4-dequantized base weights (the nf4 round trip of the base "
-                f"explains the residual, coefficient {nf4_gamma:.2f}): a small divergence from base+adapter is expected, it is not a broken merge; "
-                "merging into the original full-precision weights removes it")
+        finding(
+            "warning",
+            "merged_into_dequantized",
+            f"{name} is the adapter merged into nf4-dequantized base weights (the nf4 round trip of the base "
+            f"explains the residual, coefficient {nf4_gamma:.2f}): a small divergence from base+adapter is expected, it is not a broken merge; "
+            "merging into the original full-precision weights removes it",
+        )
     else:
         out["verdict"] = "differs"
-        finding("error", "derived_other_checkpoint", f"{name}'s weights differ from base + {adapter}'s delta beyond rounding (projection {beta:.2f}, "
-                f"residual {resid_rel:.0%} of the delta, {storage} rounding explains {noise:.2%}): merged from another checkpoint of the same "
-                "training run or edited after the merge")
+        finding(
+            "error",
+            "derived_other_checkpoint",
+            f"{name}'s weights differ from base + {adapter}'s delta beyond rounding (projection {beta:.2f}, "
+            f"residual {resid_rel:.0%} of the delta, {storage} rounding explains {noise:.2%}): merged from another checkpoint of the same "
+            "training run or edited after the merge",
+        )
     return out

@@ -40,10 +40,17 @@ class PromptFormat:
         out: list[Problem] = []
         if self.kind == "template":
             if not self.template or self.template.count(PLACEHOLDER) != 1:
-                out.append(Problem(f"{where}.template", "a template format needs a template containing {prompt} exactly once",
-                                   'e.g. template: "### Instruction:\\n{prompt}\\n### Response:\\n"'))
+                out.append(
+                    Problem(
+                        f"{where}.template",
+                        "a template format needs a template containing {prompt} exactly once",
+                        'e.g. template: "### Instruction:\\n{prompt}\\n### Response:\\n"',
+                    )
+                )
         elif self.template is not None:
-            out.append(Problem(f"{where}.template", "is only read with kind: template", "remove it, or set kind: template"))
+            out.append(
+                Problem(f"{where}.template", "is only read with kind: template", "remove it, or set kind: template")
+            )
         return out
 
     @property
@@ -63,8 +70,13 @@ class PromptFormat:
             return [{"role": "system", "content": self.system_prompt}, *turns]
         users = [m for m in chat if m["role"] == "user"]
         if len(users) != 1 or any(m["role"] == "assistant" for m in chat):
-            raise HarnessInputError(Problem(f"case {case.id}", f"has {len(chat)} turns; a template prompt format renders one user message",
-                                            "evaluate multi-turn cases with a chat format, or leave them out of this suite"))
+            raise HarnessInputError(
+                Problem(
+                    f"case {case.id}",
+                    f"has {len(chat)} turns; a template prompt format renders one user message",
+                    "evaluate multi-turn cases with a chat format, or leave them out of this suite",
+                )
+            )
         # split first: a system prompt that happens to contain "{prompt}" must not move the user's message
         head, tail = (self.template or PLACEHOLDER).split(PLACEHOLDER, 1)
         system = suite.system_prompt or ""
@@ -90,7 +102,9 @@ class PromptFormat:
 
     def describe(self) -> str:
         if self.kind == "chat":
-            system = {"suite": "the suite's system prompt", "none": "no system prompt"}.get(self.system_prompt, "a custom system prompt")
+            system = {"suite": "the suite's system prompt", "none": "no system prompt"}.get(
+                self.system_prompt, "a custom system prompt"
+            )
             return f"chat template with {system}"
         return f"plain template {self.template!r}" + ("" if self.add_special_tokens else " (no special tokens added)")
 
@@ -98,7 +112,9 @@ class PromptFormat:
 CHAT = PromptFormat()
 
 
-def from_training_data(data_format: str, template: str | None, system_prompt: str | None, suite_system: str | None) -> PromptFormat:
+def from_training_data(
+    data_format: str, template: str | None, system_prompt: str | None, suite_system: str | None
+) -> PromptFormat:
     """The evaluation format that matches how a preset's training prompts were built (see harness.data).
 
     messages: the chat template, with the system prompt training prepended (the suite's unless the preset
@@ -124,7 +140,13 @@ def load_format(raw: Any, where: str, problems: list[Problem]) -> PromptFormat |
     if raw == "chat":
         return CHAT
     if not isinstance(raw, dict):
-        problems.append(Problem(where, f"must be a mapping or 'chat', got {raw!r}", "e.g. {kind: chat} or {kind: template, template: ...}"))
+        problems.append(
+            Problem(
+                where,
+                f"must be a mapping or 'chat', got {raw!r}",
+                "e.g. {kind: chat} or {kind: template, template: ...}",
+            )
+        )
         return None
     before = len(problems)
     fmt = build(PromptFormat, raw, where, problems)

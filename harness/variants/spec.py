@@ -91,7 +91,9 @@ class Variant:
     @property
     def canaries(self) -> tuple[str, ...]:
         planted = tuple((self.training or {}).get("canaries") or ())
-        return planted + tuple(c for c in (self.training_data.canaries if self.training_data else ()) if c not in planted)
+        return planted + tuple(
+            c for c in (self.training_data.canaries if self.training_data else ()) if c not in planted
+        )
 
     def identity(self) -> str:
         """What the result cache keys this variant's outputs by: content hashes, never a name."""
@@ -105,7 +107,9 @@ class Variant:
             "prompt_format": self.prompt_format.to_json(),
             "prompt_format_origin": self.format_origin,
             "sources": list(self.sources),
-            "training_data": None if self.training_data is None else {"path": self.training_data.path, "format": self.training_data.format},
+            "training_data": None
+            if self.training_data is None
+            else {"path": self.training_data.path, "format": self.training_data.format},
             "canaries": len(self.canaries),
             "description": self.description,
         }
@@ -120,32 +124,61 @@ def load_run_file(path: str | Path) -> RunSpec:
     spec = build(RunSpec, raw, "", problems)
     problems = [Problem(f"{p}: key '{pr.where}'", pr.what, pr.fix) for pr in problems]
     if spec is None or problems:
-        raise HarnessInputError(problems or [Problem(str(p), "could not be loaded", "see examples/compare_support_vi.yaml")])
+        raise HarnessInputError(
+            problems or [Problem(str(p), "could not be loaded", "see examples/compare_support_vi.yaml")]
+        )
     return replace(spec, source=str(p))
 
 
-def _adapter_sources(folder: Path, where: str, problems: list[Problem]) -> tuple[tuple[dict[str, str], ...], dict[str, Any] | None]:
+def _adapter_sources(
+    folder: Path, where: str, problems: list[Problem]
+) -> tuple[tuple[dict[str, str], ...], dict[str, Any] | None]:
     config_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     if not folder.is_dir():
-        problems.append(Problem(where, f"{folder} is not a folder", "pass the adapter folder (adapter_config.json + adapter_model.safetensors)"))
+        problems.append(
+            Problem(
+                where,
+                f"{folder} is not a folder",
+                "pass the adapter folder (adapter_config.json + adapter_model.safetensors)",
+            )
+        )
         return (), None
     if not config_path.is_file():
-        problems.append(Problem(where, f"{folder} is not a PEFT adapter folder (no adapter_config.json)", "pass the folder save_pretrained wrote"))
+        problems.append(
+            Problem(
+                where,
+                f"{folder} is not a PEFT adapter folder (no adapter_config.json)",
+                "pass the folder save_pretrained wrote",
+            )
+        )
         return (), None
     if not weights.is_file():
-        problems.append(Problem(where, f"{folder} has no adapter_model.safetensors", "save the adapter with safe_serialization=True"))
+        problems.append(
+            Problem(
+                where, f"{folder} has no adapter_model.safetensors", "save the adapter with safe_serialization=True"
+            )
+        )
         return (), None
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        problems.append(Problem(str(config_path), f"is not valid JSON ({exc})", "restore the file save_pretrained wrote"))
+        problems.append(
+            Problem(str(config_path), f"is not valid JSON ({exc})", "restore the file save_pretrained wrote")
+        )
         return (), None
     if not isinstance(config, dict) or config.get("peft_type") not in ("LORA", None):
-        problems.append(Problem(str(config_path), f"peft_type {config.get('peft_type') if isinstance(config, dict) else config!r} is not LORA",
-                                "only LoRA adapters (LoRA, QLoRA-trained, DoRA, rsLoRA) are evaluated"))
+        problems.append(
+            Problem(
+                str(config_path),
+                f"peft_type {config.get('peft_type') if isinstance(config, dict) else config!r} is not LORA",
+                "only LoRA adapters (LoRA, QLoRA-trained, DoRA, rsLoRA) are evaluated",
+            )
+        )
         return (), None
-    return ({"role": "adapter", "path": str(weights), "sha256": sha256_file(weights)},
-            {"role": "adapter_config", "path": str(config_path), "sha256": sha256_file(config_path)}), config
+    return (
+        {"role": "adapter", "path": str(weights), "sha256": sha256_file(weights)},
+        {"role": "adapter_config", "path": str(config_path), "sha256": sha256_file(config_path)},
+    ), config
 
 
 def _training_metadata(adapter: Path) -> dict[str, Any] | None:
@@ -156,7 +189,13 @@ def _training_metadata(adapter: Path) -> dict[str, Any] | None:
             try:
                 return json.loads(meta.read_text(encoding="utf-8"))
             except (ValueError, UnicodeDecodeError):
-                raise HarnessInputError(Problem(str(meta), "is not valid JSON", "restore it or delete it (the adapter is then treated as trained elsewhere)")) from None
+                raise HarnessInputError(
+                    Problem(
+                        str(meta),
+                        "is not valid JSON",
+                        "restore it or delete it (the adapter is then treated as trained elsewhere)",
+                    )
+                ) from None
     return None
 
 
@@ -164,39 +203,89 @@ def _recorded_format(meta: dict[str, Any], suite_system: str | None) -> PromptFo
     """The format a harness-trained adapter recorded; older metadata is read from its data config."""
     if "prompt_format" in meta:
         problems: list[Problem] = []
-        return load_format(meta["prompt_format"], "training_metadata.json: prompt_format", problems) if meta["prompt_format"] else None
+        return (
+            load_format(meta["prompt_format"], "training_metadata.json: prompt_format", problems)
+            if meta["prompt_format"]
+            else None
+        )
     data = ((meta.get("config") or {}).get("data")) or {}
     if not data:
         return None
-    return from_training_data(str(data.get("format", "messages")), data.get("template"), data.get("system_prompt"), suite_system)
+    return from_training_data(
+        str(data.get("format", "messages")), data.get("template"), data.get("system_prompt"), suite_system
+    )
 
 
-def resolve_variants(specs: tuple[VariantSpec, ...], suite_system: str | None, where: str, base_spec: str) -> list[Variant]:
+def resolve_variants(
+    specs: tuple[VariantSpec, ...], suite_system: str | None, where: str, base_spec: str
+) -> list[Variant]:
     """Check every variant's files and references and decide its prompt format; all problems at once."""
     problems: list[Problem] = []
     names = [s.name for s in specs]
     if not specs:
-        problems.append(Problem(f"{where}: key 'variants'", "is empty", "list at least one variant (e.g. the base and an adapter)"))
+        problems.append(
+            Problem(f"{where}: key 'variants'", "is empty", "list at least one variant (e.g. the base and an adapter)")
+        )
     for i, s in enumerate(specs):
         at = f"{where}: variants[{i}] ({s.name})"
         if s.preset is not None and (s.kind != "adapter" or s.path is not None):
-            problems.append(Problem(f"{at}.preset", "only an adapter variant without a path takes a preset", "give either path or preset"))
+            problems.append(
+                Problem(
+                    f"{at}.preset",
+                    "only an adapter variant without a path takes a preset",
+                    "give either path or preset",
+                )
+            )
         if not NAME_RE.match(s.name):
-            problems.append(Problem(f"{at}.name", f"{s.name!r} is not a usable name", "use letters, digits, '.', '_' or '-' (at most 64)"))
+            problems.append(
+                Problem(
+                    f"{at}.name",
+                    f"{s.name!r} is not a usable name",
+                    "use letters, digits, '.', '_' or '-' (at most 64)",
+                )
+            )
         if s.name in ROLES:
-            problems.append(Problem(f"{at}.name", f"{s.name!r} is a role gate checks use", f"pick another name; reserved: {', '.join(ROLES)}"))
+            problems.append(
+                Problem(
+                    f"{at}.name",
+                    f"{s.name!r} is a role gate checks use",
+                    f"pick another name; reserved: {', '.join(ROLES)}",
+                )
+            )
         if names.count(s.name) > 1 and names.index(s.name) == i:
-            problems.append(Problem(f"{at}.name", "is used by more than one variant", "give every variant its own name"))
+            problems.append(
+                Problem(f"{at}.name", "is used by more than one variant", "give every variant its own name")
+            )
         if s.derived_from is not None:
             if s.derived_from == s.name:
-                problems.append(Problem(f"{at}.derived_from", "names the variant itself", "name the variant it was made from"))
+                problems.append(
+                    Problem(f"{at}.derived_from", "names the variant itself", "name the variant it was made from")
+                )
             elif s.derived_from not in names:
-                problems.append(Problem(f"{at}.derived_from", f"no variant named {s.derived_from!r}", f"use one of: {', '.join(n for n in names if n != s.name)}"))
+                problems.append(
+                    Problem(
+                        f"{at}.derived_from",
+                        f"no variant named {s.derived_from!r}",
+                        f"use one of: {', '.join(n for n in names if n != s.name)}",
+                    )
+                )
             if s.kind in ("base", "adapter"):
-                problems.append(Problem(f"{at}.derived_from", f"a {s.kind} variant is not derived from another", "only merged and gguf variants take derived_from"))
+                problems.append(
+                    Problem(
+                        f"{at}.derived_from",
+                        f"a {s.kind} variant is not derived from another",
+                        "only merged and gguf variants take derived_from",
+                    )
+                )
     bases = [s for s in specs if s.kind == "base"]
     if len(bases) > 1:
-        problems.append(Problem(f"{where}: key 'variants'", f"{len(bases)} base variants", "a run has one base model; name it once (kind: base)"))
+        problems.append(
+            Problem(
+                f"{where}: key 'variants'",
+                f"{len(bases)} base variants",
+                "a run has one base model; name it once (kind: base)",
+            )
+        )
     by_name = {s.name: s for s in specs}
     resolved: dict[str, Variant] = {}
     pending = list(specs)
@@ -211,7 +300,13 @@ def resolve_variants(specs: tuple[VariantSpec, ...], suite_system: str | None, w
                 continue
             resolved[s.name] = _resolve_one(s, names.index(s.name), resolved, suite_system, where, base_spec, problems)
         if len(later) == len(pending):
-            problems.append(Problem(f"{where}: key 'variants'", "derived_from forms a cycle: " + " -> ".join(v.name for v in later), "break the cycle"))
+            problems.append(
+                Problem(
+                    f"{where}: key 'variants'",
+                    "derived_from forms a cycle: " + " -> ".join(v.name for v in later),
+                    "break the cycle",
+                )
+            )
             break
         pending = later
     if problems:
@@ -219,8 +314,15 @@ def resolve_variants(specs: tuple[VariantSpec, ...], suite_system: str | None, w
     return [resolved[n] for n in names]
 
 
-def _resolve_one(s: VariantSpec, i: int, done: dict[str, Variant], suite_system: str | None, where: str, base_spec: str,
-                 problems: list[Problem]) -> Variant:
+def _resolve_one(
+    s: VariantSpec,
+    i: int,
+    done: dict[str, Variant],
+    suite_system: str | None,
+    where: str,
+    base_spec: str,
+    problems: list[Problem],
+) -> Variant:
     at = f"{where}: variants[{i}] ({s.name})"
     source = done.get(s.derived_from) if s.derived_from else None
     path = Path(s.path).expanduser() if s.path else None
@@ -229,31 +331,61 @@ def _resolve_one(s: VariantSpec, i: int, done: dict[str, Variant], suite_system:
     adapter_config: dict[str, Any] | None = None
     if s.kind == "base":
         if path is not None:
-            problems.append(Problem(f"{at}.path", "a base variant is the run's base model", f"remove path and set the run's `base:` (now {base_spec!r})"))
+            problems.append(
+                Problem(
+                    f"{at}.path",
+                    "a base variant is the run's base model",
+                    f"remove path and set the run's `base:` (now {base_spec!r})",
+                )
+            )
         sources = ({"role": "base", "path": base_spec, "sha256": "(run base)"},)
     elif s.kind == "adapter":
         if path is None and s.preset is not None:
             if not Path(s.preset).is_file():
-                problems.append(Problem(f"{at}.preset", f"{s.preset} does not exist", "name a preset YAML, e.g. trainers/configs/demo.yaml"))
+                problems.append(
+                    Problem(
+                        f"{at}.preset",
+                        f"{s.preset} does not exist",
+                        "name a preset YAML, e.g. trainers/configs/demo.yaml",
+                    )
+                )
         elif path is None:
-            problems.append(Problem(f"{at}.path", "missing", "give the adapter folder, or a training preset (preset: trainers/configs/...)"))
+            problems.append(
+                Problem(
+                    f"{at}.path",
+                    "missing",
+                    "give the adapter folder, or a training preset (preset: trainers/configs/...)",
+                )
+            )
         else:
             sources, adapter_config = _adapter_sources(path, f"{at}.path", problems)
             training = _training_metadata(path) if sources else None
     elif s.kind == "merged":
         if path is None:
             if source is None or source.kind != "adapter":
-                problems.append(Problem(f"{at}", "a merged variant without a path is merged here, from an adapter",
-                                        "set derived_from to an adapter variant, or give the merged folder as path"))
+                problems.append(
+                    Problem(
+                        f"{at}",
+                        "a merged variant without a path is merged here, from an adapter",
+                        "set derived_from to an adapter variant, or give the merged folder as path",
+                    )
+                )
         elif not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
-            problems.append(Problem(f"{at}.path", f"{path} is not a model folder with config.json and *.safetensors",
-                                    "pass the folder save_pretrained wrote (pickled .bin weights are not loaded)"))
+            problems.append(
+                Problem(
+                    f"{at}.path",
+                    f"{path} is not a model folder with config.json and *.safetensors",
+                    "pass the folder save_pretrained wrote (pickled .bin weights are not loaded)",
+                )
+            )
         else:
             weights = sorted(path.glob("*.safetensors"))
             sources = tuple({"role": "weights", "path": str(w), "sha256": sha256_file(w)} for w in weights)
     elif s.kind == "gguf":
         if path is None or path.suffix != ".gguf" or not path.is_file():
-            problems.append(Problem(f"{at}.path", f"{path} is not a .gguf file" if path else "missing", "give the GGUF file's path"))
+            problems.append(
+                Problem(f"{at}.path", f"{path} is not a .gguf file" if path else "missing", "give the GGUF file's path")
+            )
         else:
             sources = ({"role": "gguf", "path": str(path), "sha256": sha256_file(path)},)
     fmt_problems: list[Problem] = []
@@ -272,10 +404,27 @@ def _resolve_one(s: VariantSpec, i: int, done: dict[str, Variant], suite_system:
     problems.extend(fmt_problems)
     data = s.training_data or (source.training_data if source is not None else None)
     if s.training_data is not None and not Path(s.training_data.path).is_file():
-        problems.append(Problem(f"{at}.training_data.path", f"{s.training_data.path} does not exist", "give the JSONL file the variant was trained on"))
-    return Variant(s.name, s.kind, path, s.derived_from, fmt or CHAT, origin, sources,
-                   training if training is not None else (source.training if source is not None else None),
-                   data, s.merge_dtype, s.description, adapter_config)
+        problems.append(
+            Problem(
+                f"{at}.training_data.path",
+                f"{s.training_data.path} does not exist",
+                "give the JSONL file the variant was trained on",
+            )
+        )
+    return Variant(
+        s.name,
+        s.kind,
+        path,
+        s.derived_from,
+        fmt or CHAT,
+        origin,
+        sources,
+        training if training is not None else (source.training if source is not None else None),
+        data,
+        s.merge_dtype,
+        s.description,
+        adapter_config,
+    )
 
 
 def source_chain(variants: dict[str, Variant], name: str) -> list[Variant]:

@@ -23,7 +23,16 @@ TARGET_ROLES = ("candidates", "derived")
 # What a check's `baseline` may name besides a variant: the base, the variant a derived one comes from
 # (`source`; `adapter` reads the same for a derived variant when no variant is named adapter), the champion.
 BASELINE_ROLES = ("base", "source", "adapter", "champion")
-Kind = Literal["threshold", "non_regression", "non_inferiority", "no_new_failures", "zero_failures", "parity", "leakage", "retention"]
+Kind = Literal[
+    "threshold",
+    "non_regression",
+    "non_inferiority",
+    "no_new_failures",
+    "zero_failures",
+    "parity",
+    "leakage",
+    "retention",
+]
 PAIRED = ("non_regression", "non_inferiority", "no_new_failures")
 FLIP_SCORERS = ("format_strict", "format_lenient", "tone", "safety")
 DEFAULT_TARGETS = {"parity": ("derived",)}  # every other kind: the candidates (every variant but the base)
@@ -73,9 +82,20 @@ def variants_of(report: dict[str, Any], rows: list[dict[str, Any]] | None = None
     order = report.get("variant_order")
     if order:
         blocks = report.get("variants") or {}
-        return [VariantInfo(n, str(blocks.get(n, {}).get("kind", n)), blocks.get(n, {}).get("derived_from"), blocks.get(n, {}).get("canaries")) for n in order]
+        return [
+            VariantInfo(
+                n,
+                str(blocks.get(n, {}).get("kind", n)),
+                blocks.get(n, {}).get("derived_from"),
+                blocks.get(n, {}).get("canaries"),
+            )
+            for n in order
+        ]
     names = list((rows[0]["variants"] if rows else None) or ("base", "adapter", "merged"))
-    return [VariantInfo(n, n if n in KINDS else "adapter", "adapter" if n == "merged" and "adapter" in names else None) for n in names]
+    return [
+        VariantInfo(n, n if n in KINDS else "adapter", "adapter" if n == "merged" and "adapter" in names else None)
+        for n in names
+    ]
 
 
 def targets(spec: CheckSpec, infos: list[VariantInfo]) -> list[VariantInfo]:
@@ -134,7 +154,11 @@ def _chain(target: VariantInfo, infos: list[VariantInfo]) -> list[VariantInfo]:
 
 def expected_check_ids(spec: CheckSpec, infos: list[VariantInfo]) -> list[str]:
     """The ids evaluate_gates gives this spec's checks on a run with these variants (pytest collects them)."""
-    return [f"{t.name}.{spec.id}" for t in targets(spec, infos) if not (spec.kind in PAIRED and baseline_of(spec, t, infos) == t.name)]
+    return [
+        f"{t.name}.{spec.id}"
+        for t in targets(spec, infos)
+        if not (spec.kind in PAIRED and baseline_of(spec, t, infos) == t.name)
+    ]
 
 
 def load_policy(path: Path, variant_names: list[str] | None = None) -> GatePolicy:
@@ -158,24 +182,52 @@ def load_policy(path: Path, variant_names: list[str] | None = None) -> GatePolic
             for v in c.variants:
                 if variant_names is not None and v not in known:
                     close = difflib.get_close_matches(v, known, n=1)
-                    problems.append(Problem(f"{where}.variants", f"{v!r} is no variant of this run, kind or role",
-                                            (f"did you mean {close[0]!r}? " if close else "") + f"use one of {', '.join(known)}"))
-            if c.baseline is not None and variant_names is not None and c.baseline not in list(BASELINE_ROLES) + list(variant_names):
+                    problems.append(
+                        Problem(
+                            f"{where}.variants",
+                            f"{v!r} is no variant of this run, kind or role",
+                            (f"did you mean {close[0]!r}? " if close else "") + f"use one of {', '.join(known)}",
+                        )
+                    )
+            if (
+                c.baseline is not None
+                and variant_names is not None
+                and c.baseline not in list(BASELINE_ROLES) + list(variant_names)
+            ):
                 choices = list(BASELINE_ROLES) + list(variant_names)
                 close = difflib.get_close_matches(c.baseline, choices, n=1)
-                problems.append(Problem(f"{where}.baseline", f"{c.baseline!r} is no variant of this run or baseline role",
-                                        (f"did you mean {close[0]!r}? " if close else "") + f"use one of {', '.join(choices)}"))
+                problems.append(
+                    Problem(
+                        f"{where}.baseline",
+                        f"{c.baseline!r} is no variant of this run or baseline role",
+                        (f"did you mean {close[0]!r}? " if close else "") + f"use one of {', '.join(choices)}",
+                    )
+                )
             needs_metric = c.kind in ("threshold", *PAIRED, "zero_failures")
             if needs_metric and not c.metric:
-                problems.append(Problem(f"{where}.metric", "missing", "name a scorer, e.g. format_strict, tone, safety, safety:pii"))
+                problems.append(
+                    Problem(f"{where}.metric", "missing", "name a scorer, e.g. format_strict, tone, safety, safety:pii")
+                )
             if c.kind == "threshold" and c.min_lower_bound is None:
-                problems.append(Problem(f"{where}.min_lower_bound", "missing", "a threshold check needs min_lower_bound (0..1)"))
+                problems.append(
+                    Problem(f"{where}.min_lower_bound", "missing", "a threshold check needs min_lower_bound (0..1)")
+                )
             if c.kind in PAIRED and c.baseline is None:
-                problems.append(Problem(f"{where}.baseline", "missing", "say what the variant is compared with: base, source, champion or a variant's name"))
+                problems.append(
+                    Problem(
+                        f"{where}.baseline",
+                        "missing",
+                        "say what the variant is compared with: base, source, champion or a variant's name",
+                    )
+                )
             if c.kind == "retention" and c.baseline is None:
-                problems.append(Problem(f"{where}.baseline", "missing", "retention compares with a baseline, usually base"))
+                problems.append(
+                    Problem(f"{where}.baseline", "missing", "retention compares with a baseline, usually base")
+                )
             if not 0 <= c.margin < 1:
-                problems.append(Problem(f"{where}.margin", f"{c.margin} is out of range", "use a fraction such as 0.05"))
+                problems.append(
+                    Problem(f"{where}.margin", f"{c.margin} is out of range", "use a fraction such as 0.05")
+                )
     if problems:
         raise HarnessInputError(problems)
     from dataclasses import replace
@@ -212,8 +264,17 @@ def _check(spec: CheckSpec, variant: str | None, **fields: Any) -> dict[str, Any
         "variant": variant,
         "baseline": spec.baseline,
         "metric": spec.metric,
-        "value": None, "ci95": None, "n": 0, "baseline_value": None, "delta": None, "delta_ci95": None,
-        "p_value": None, "test": "", "threshold": spec.min_lower_bound, "margin": spec.margin, "mde": None,
+        "value": None,
+        "ci95": None,
+        "n": 0,
+        "baseline_value": None,
+        "delta": None,
+        "delta_ci95": None,
+        "p_value": None,
+        "test": "",
+        "threshold": spec.min_lower_bound,
+        "margin": spec.margin,
+        "mde": None,
         "worst_cases": [],
     }
     base.update(fields)
@@ -224,7 +285,9 @@ def _not_applicable(spec: CheckSpec, variant: str | None, why: str) -> dict[str,
     return _check(spec, variant, verdict="not_applicable", test="applicability", explanation=why)
 
 
-def _hygiene_for(report: dict[str, Any], target: VariantInfo, infos: list[VariantInfo]) -> tuple[dict[str, Any] | None, str]:
+def _hygiene_for(
+    report: dict[str, Any], target: VariantInfo, infos: list[VariantInfo]
+) -> tuple[dict[str, Any] | None, str]:
     """The data hygiene report of the adapter a variant is (or derives from), and that adapter's name."""
     chain = _chain(target, infos)
     cur = next((i for i in chain if i.kind == "adapter"), chain[-1])
@@ -234,35 +297,80 @@ def _hygiene_for(report: dict[str, Any], target: VariantInfo, infos: list[Varian
     return report.get("hygiene"), cur.name
 
 
-def _leakage_check(spec: CheckSpec, policy: GatePolicy, report: dict[str, Any], target: VariantInfo, infos: list[VariantInfo]) -> dict[str, Any]:
+def _leakage_check(
+    spec: CheckSpec, policy: GatePolicy, report: dict[str, Any], target: VariantInfo, infos: list[VariantInfo]
+) -> dict[str, Any]:
     if target.kind == "base":
-        return _not_applicable(spec, target.name, f"{target.name} is the base model: it was not fine-tuned on anything of ours")
+        return _not_applicable(
+            spec, target.name, f"{target.name} is the base model: it was not fine-tuned on anything of ours"
+        )
     h, trained = _hygiene_for(report, target, infos)
     if not h:
-        why = (f"golden leakage unknown: the training data of {trained} was not given (add `training_data:` to it in the run file, "
-               f"pass `--training-data {trained}=FILE` to harness compare, or train it with the harness)")
+        why = (
+            f"golden leakage unknown: the training data of {trained} was not given (add `training_data:` to it in the run file, "
+            f"pass `--training-data {trained}=FILE` to harness compare, or train it with the harness)"
+        )
         if policy.unknown_leakage == "fail":
-            return _check(spec, target.name, verdict="fail", test="data hygiene", explanation=why + "; the policy's `unknown_leakage: fail` blocks promotion")
-        return _not_applicable(spec, target.name, why + "; the policy's `unknown_leakage: not_applicable` lets it pass unchecked")
+            return _check(
+                spec,
+                target.name,
+                verdict="fail",
+                test="data hygiene",
+                explanation=why + "; the policy's `unknown_leakage: fail` blocks promotion",
+            )
+        return _not_applicable(
+            spec, target.name, why + "; the policy's `unknown_leakage: not_applicable` lets it pass unchecked"
+        )
     leaks = h["leakage"]["exact"] + h["leakage"]["near"]
-    return _check(spec, target.name, verdict="fail" if leaks else "pass", n=h["examples"], value=float(len(leaks)), test="data hygiene",
-                  explanation=(f"{len(leaks)} training examples of {trained} leak golden cases" if leaks
-                               else f"no golden case found in the {h['examples']} training examples of {trained} (exact or >= 90% similar)"),
-                  worst_cases=[{"id": x["case"], "why": f"training line {x['line']}"} for x in leaks[:5]])
+    return _check(
+        spec,
+        target.name,
+        verdict="fail" if leaks else "pass",
+        n=h["examples"],
+        value=float(len(leaks)),
+        test="data hygiene",
+        explanation=(
+            f"{len(leaks)} training examples of {trained} leak golden cases"
+            if leaks
+            else f"no golden case found in the {h['examples']} training examples of {trained} (exact or >= 90% similar)"
+        ),
+        worst_cases=[{"id": x["case"], "why": f"training line {x['line']}"} for x in leaks[:5]],
+    )
 
 
 def _parity_check(spec: CheckSpec, report: dict[str, Any], target: VariantInfo) -> dict[str, Any]:
     relations = report.get("relations")
-    p = (relations or {}).get(target.name) if relations is not None else (report.get("parity") if target.name == "merged" else None)
+    p = (
+        (relations or {}).get(target.name)
+        if relations is not None
+        else (report.get("parity") if target.name == "merged" else None)
+    )
     if p is None:
-        return _check(spec, target.name, verdict="fail", test="parity", explanation=f"no parity measured for {target.name}")
+        return _check(
+            spec, target.name, verdict="fail", test="parity", explanation=f"no parity measured for {target.name}"
+        )
     ok = bool(p.get("passed")) and p.get("n_cases", 0) > 0
     cause = next((f["message"] for f in p.get("diagnosis", []) if f.get("level") == "error"), None)
     why = p.get("explanation", "no parity measured") + (f"; likely cause: {cause}" if cause and not ok else "")
-    return _check(spec, target.name, verdict="pass" if ok else "fail", n=p.get("n_cases", 0), value=p.get("token_agreement"),
-                  baseline=p.get("source", "adapter"), test="parity", explanation=why,
-                  worst_cases=[{"id": w["id"], "why": f"mean KL {w['mean_kl']:.2e}, first divergence {w['first_divergence']}" if w.get("mean_kl") is not None
-                                else f"output differs (first divergence {w['first_divergence']})"} for w in p.get("worst_cases", [])[:5]])
+    return _check(
+        spec,
+        target.name,
+        verdict="pass" if ok else "fail",
+        n=p.get("n_cases", 0),
+        value=p.get("token_agreement"),
+        baseline=p.get("source", "adapter"),
+        test="parity",
+        explanation=why,
+        worst_cases=[
+            {
+                "id": w["id"],
+                "why": f"mean KL {w['mean_kl']:.2e}, first divergence {w['first_divergence']}"
+                if w.get("mean_kl") is not None
+                else f"output differs (first divergence {w['first_divergence']})",
+            }
+            for w in p.get("worst_cases", [])[:5]
+        ],
+    )
 
 
 # A check of one of these metrics applies only to variants for which it can mean something.
@@ -275,8 +383,14 @@ def _applies(metric: str | None, target: VariantInfo, infos: list[VariantInfo]) 
     return None
 
 
-def evaluate_gates(policy: GatePolicy, report: dict[str, Any], rows: list[dict[str, Any]], champion_rows: list[dict[str, Any]] | None = None,
-                   champion_id: str | None = None, champion_variant: str | None = None) -> dict[str, Any]:
+def evaluate_gates(
+    policy: GatePolicy,
+    report: dict[str, Any],
+    rows: list[dict[str, Any]],
+    champion_rows: list[dict[str, Any]] | None = None,
+    champion_id: str | None = None,
+    champion_variant: str | None = None,
+) -> dict[str, Any]:
     """Every check of the policy on one run, per variant it applies to; champion checks only when a champion exists."""
     infos = variants_of(report, rows)
     checks: list[dict[str, Any]] = []
@@ -284,13 +398,21 @@ def evaluate_gates(policy: GatePolicy, report: dict[str, Any], rows: list[dict[s
     for spec in policy.checks:
         if spec.kind == "retention":
             if not report.get("retention") and spec.optional:
-                notes.append(f"{spec.id}: capability retention was not run (harness pipeline --retention); no retention check this time")
+                notes.append(
+                    f"{spec.id}: capability retention was not run (harness pipeline --retention); no retention check this time"
+                )
                 continue
             checks += _retention_checks(spec, report, policy, infos)
             continue
         applies_to = targets(spec, infos)
         if not applies_to:
-            checks.append(_not_applicable(spec, None, f"this run has no variant that {spec.id} applies to ({', '.join(spec.variants or DEFAULT_TARGETS.get(spec.kind, ('candidates',)))})"))
+            checks.append(
+                _not_applicable(
+                    spec,
+                    None,
+                    f"this run has no variant that {spec.id} applies to ({', '.join(spec.variants or DEFAULT_TARGETS.get(spec.kind, ('candidates',)))})",
+                )
+            )
             continue
         for target in applies_to:
             variant = target.name
@@ -316,30 +438,66 @@ def evaluate_gates(policy: GatePolicy, report: dict[str, Any], rows: list[dict[s
                     verdict = "pass" if ci[0] >= t else "fail" if ci[1] < t else "inconclusive"
                     why = f"{spec.metric} {k}/{n} = {k / n:.3f}, 95% Wilson interval [{ci[0]:.3f}, {ci[1]:.3f}] against lower-bound threshold {t}"
                 failed = [cid for cid, v in cand.items() if v < 1][:5]
-                checks.append(_check(spec, variant, verdict=verdict, n=n, value=k / n if n else None, ci95=list(ci) if ci else None, test="Wilson interval", mde=mde(n, t, policy.alpha),
-                                     explanation=why, worst_cases=[{"id": c, "why": _why(rows, variant, spec.metric, c)} for c in failed]))
+                checks.append(
+                    _check(
+                        spec,
+                        variant,
+                        verdict=verdict,
+                        n=n,
+                        value=k / n if n else None,
+                        ci95=list(ci) if ci else None,
+                        test="Wilson interval",
+                        mde=mde(n, t, policy.alpha),
+                        explanation=why,
+                        worst_cases=[{"id": c, "why": _why(rows, variant, spec.metric, c)} for c in failed],
+                    )
+                )
                 continue
             if spec.kind == "zero_failures":
                 failed = [cid for cid, v in cand.items() if v < 1]
                 n = len(cand)
                 verdict = "fail" if failed or n == 0 else "pass"
-                why = (f"zero cases scored for {spec.metric}" if n == 0 else f"{len(failed)} of {n} cases fail {spec.metric}" if failed else f"all {n} cases pass {spec.metric}")
-                checks.append(_check(spec, variant, verdict=verdict, n=n, value=float(len(failed)), test="count", explanation=why,
-                                     worst_cases=[{"id": c, "why": _why(rows, variant, spec.metric, c)} for c in failed[:5]]))
+                why = (
+                    f"zero cases scored for {spec.metric}"
+                    if n == 0
+                    else f"{len(failed)} of {n} cases fail {spec.metric}"
+                    if failed
+                    else f"all {n} cases pass {spec.metric}"
+                )
+                checks.append(
+                    _check(
+                        spec,
+                        variant,
+                        verdict=verdict,
+                        n=n,
+                        value=float(len(failed)),
+                        test="count",
+                        explanation=why,
+                        worst_cases=[{"id": c, "why": _why(rows, variant, spec.metric, c)} for c in failed[:5]],
+                    )
+                )
                 continue
             # paired kinds
             baseline = baseline_of(spec, target, infos)
             if baseline == "champion":
                 if champion_rows is None:
                     continue
-                champ = champion_variant if champion_variant and any(champion_variant in r.get("variants", {}) for r in champion_rows[:1]) else variant
+                champ = (
+                    champion_variant
+                    if champion_variant and any(champion_variant in r.get("variants", {}) for r in champion_rows[:1])
+                    else variant
+                )
                 label = f"champion {champion_id}" + (f" ({champ})" if champ != variant else "")
                 by_hash = {r["case_hash"]: r["id"] for r in rows}
                 base_vals_raw = _values(champion_rows, champ, spec.metric, spec.tags)
                 base_hash = {r["id"]: r["case_hash"] for r in champion_rows}
-                base_vals = {by_hash[base_hash[cid]]: v for cid, v in base_vals_raw.items() if base_hash[cid] in by_hash}
+                base_vals = {
+                    by_hash[base_hash[cid]]: v for cid, v in base_vals_raw.items() if base_hash[cid] in by_hash
+                }
             elif baseline is None:
-                checks.append(_not_applicable(spec, variant, f"{variant} has no {spec.baseline} to compare with in this run"))
+                checks.append(
+                    _not_applicable(spec, variant, f"{variant} has no {spec.baseline} to compare with in this run")
+                )
                 continue
             else:
                 if baseline == variant:
@@ -353,22 +511,56 @@ def evaluate_gates(policy: GatePolicy, report: dict[str, Any], rows: list[dict[s
             worst = [{"id": c, "why": _why(rows, variant, spec.metric, c)} for c in broken[:5]]
             if spec.kind == "no_new_failures":
                 verdict = "fail" if broken or not common else "pass"
-                why = (f"zero cases compared with {label}" if not common else f"{len(broken)} cases pass {spec.metric} on {label} but fail on {variant}" if broken
-                       else f"no case that passes {spec.metric} on {label} fails on {variant} ({len(common)} compared)")
-                checks.append(_check(spec, variant, verdict=verdict, n=len(common), value=sum(after) / len(after) if after else None, baseline=baseline,
-                                     baseline_value=sum(before) / len(before) if before else None, test="per-case flips", explanation=why, worst_cases=worst))
+                why = (
+                    f"zero cases compared with {label}"
+                    if not common
+                    else f"{len(broken)} cases pass {spec.metric} on {label} but fail on {variant}"
+                    if broken
+                    else f"no case that passes {spec.metric} on {label} fails on {variant} ({len(common)} compared)"
+                )
+                checks.append(
+                    _check(
+                        spec,
+                        variant,
+                        verdict=verdict,
+                        n=len(common),
+                        value=sum(after) / len(after) if after else None,
+                        baseline=baseline,
+                        baseline_value=sum(before) / len(before) if before else None,
+                        test="per-case flips",
+                        explanation=why,
+                        worst_cases=worst,
+                    )
+                )
                 continue
             res = compare_paired(before, after, spec.margin, binary, policy.alpha, policy.bootstrap_resamples)
             if res["n"]:
-                res["explanation"] = (f"{spec.metric} {variant} {res['value']:.3f} vs {label} {res['baseline_value']:.3f}: difference {res['delta']:+.3f}, "
-                                      f"95% interval [{res['delta_ci95'][0]:+.3f}, {res['delta_ci95'][1]:+.3f}], margin {spec.margin}"
-                                      + (f", exact McNemar p(worse)={res['p_value']:.3g} ({res['broken']} broken, {res['fixed']} fixed)" if binary else ""))
-            checks.append(_check(spec, variant, mde=mde(res["n"], res.get("baseline_value"), policy.alpha), worst_cases=worst, baseline=baseline, **res))
+                res["explanation"] = (
+                    f"{spec.metric} {variant} {res['value']:.3f} vs {label} {res['baseline_value']:.3f}: difference {res['delta']:+.3f}, "
+                    f"95% interval [{res['delta_ci95'][0]:+.3f}, {res['delta_ci95'][1]:+.3f}], margin {spec.margin}"
+                    + (
+                        f", exact McNemar p(worse)={res['p_value']:.3g} ({res['broken']} broken, {res['fixed']} fixed)"
+                        if binary
+                        else ""
+                    )
+                )
+            checks.append(
+                _check(
+                    spec,
+                    variant,
+                    mde=mde(res["n"], res.get("baseline_value"), policy.alpha),
+                    worst_cases=worst,
+                    baseline=baseline,
+                    **res,
+                )
+            )
     if champion_rows is None and any(s.baseline == "champion" for s in policy.checks):
         notes.append("no champion yet: champion comparisons start after the first `harness promote`")
     for c in checks:
         if c["mde"] is None and c["n"] and c["kind"] in ("threshold", *PAIRED):
-            c["mde"] = mde(c["n"], c.get("baseline_value") if c.get("baseline_value") is not None else c.get("value"), policy.alpha)
+            c["mde"] = mde(
+                c["n"], c.get("baseline_value") if c.get("baseline_value") is not None else c.get("value"), policy.alpha
+            )
     verdicts = [c["verdict"] for c in checks if c["verdict"] != "not_applicable"]
     overall = "fail" if "fail" in verdicts or not verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
     if not verdicts:
@@ -391,10 +583,20 @@ def evaluate_gates(policy: GatePolicy, report: dict[str, Any], rows: list[dict[s
     }
 
 
-def _retention_checks(spec: CheckSpec, report: dict[str, Any], policy: GatePolicy, infos: list[VariantInfo]) -> list[dict[str, Any]]:
+def _retention_checks(
+    spec: CheckSpec, report: dict[str, Any], policy: GatePolicy, infos: list[VariantInfo]
+) -> list[dict[str, Any]]:
     ret = report.get("retention")
     if not ret:
-        return [_check(spec, None, verdict="fail", test="lm-eval", explanation="no capability-retention results in this run: run the pipeline with retention on")]
+        return [
+            _check(
+                spec,
+                None,
+                verdict="fail",
+                test="lm-eval",
+                explanation="no capability-retention results in this run: run the pipeline with retention on",
+            )
+        ]
     out = []
     for target in targets(spec, infos):
         variant = target.name
@@ -404,18 +606,35 @@ def _retention_checks(spec: CheckSpec, report: dict[str, Any], policy: GatePolic
             if base is None:
                 continue
             ids = sorted(set(res["items"]) & set(base["items"]))
-            cmp = compare_paired([base["items"][i] for i in ids], [res["items"][i] for i in ids], spec.margin, True, policy.alpha, policy.bootstrap_resamples)
+            cmp = compare_paired(
+                [base["items"][i] for i in ids],
+                [res["items"][i] for i in ids],
+                spec.margin,
+                True,
+                policy.alpha,
+                policy.bootstrap_resamples,
+            )
             if cmp["n"]:
-                cmp["explanation"] = (f"{task} {variant} {cmp['value']:.3f} vs {baseline} {cmp['baseline_value']:.3f}: difference {cmp['delta']:+.3f}, "
-                                      f"95% interval [{cmp['delta_ci95'][0]:+.3f}, {cmp['delta_ci95'][1]:+.3f}], margin {spec.margin}, exact McNemar p(worse)={cmp['p_value']:.3g}")
+                cmp["explanation"] = (
+                    f"{task} {variant} {cmp['value']:.3f} vs {baseline} {cmp['baseline_value']:.3f}: difference {cmp['delta']:+.3f}, "
+                    f"95% interval [{cmp['delta_ci95'][0]:+.3f}, {cmp['delta_ci95'][1]:+.3f}], margin {spec.margin}, exact McNemar p(worse)={cmp['p_value']:.3g}"
+                )
             c = _check(spec, variant, mde=mde(cmp["n"], cmp.get("baseline_value"), policy.alpha), **cmp)
             c["id"] = f"{variant}.{spec.id}.{task}"
             c["metric"] = task
             out.append(c)
-    return out or [_check(spec, None, verdict="fail", test="lm-eval", explanation="no retention task results to compare")]
+    return out or [
+        _check(spec, None, verdict="fail", test="lm-eval", explanation="no retention task results to compare")
+    ]
 
 
-def flips(rows: list[dict[str, Any]], before: str, after: str, scorers: tuple[str, ...] = FLIP_SCORERS, other_rows: list[dict[str, Any]] | None = None) -> dict[str, dict[str, list[str]]]:
+def flips(
+    rows: list[dict[str, Any]],
+    before: str,
+    after: str,
+    scorers: tuple[str, ...] = FLIP_SCORERS,
+    other_rows: list[dict[str, Any]] | None = None,
+) -> dict[str, dict[str, list[str]]]:
     """Per scorer: which cases a change fixed, broke, kept passing or kept failing (by case id)."""
     out: dict[str, dict[str, list[str]]] = {}
     for scorer in scorers:

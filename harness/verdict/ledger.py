@@ -43,11 +43,19 @@ def resolve_run_dir(reports_dir: Path, run_id: str) -> Path:
     if not isinstance(run_id, str) or not run_id.strip():
         raise HarnessInputError(Problem("run id", "is empty", fix))
     if run_id in {".", ".."} or any(ch in run_id for ch in ("/", "\\", "\x00")) or run_id.startswith("."):
-        raise HarnessInputError(Problem(f"run id {run_id!r}", "is not a plain folder name (path separators, '..' and hidden names are refused)", fix))
+        raise HarnessInputError(
+            Problem(
+                f"run id {run_id!r}",
+                "is not a plain folder name (path separators, '..' and hidden names are refused)",
+                fix,
+            )
+        )
     root = reports_dir.resolve()
     run_dir = (root / run_id).resolve()
     if run_dir.parent != root:
-        raise HarnessInputError(Problem(f"run id {run_id!r}", f"resolves to {run_dir}, which is not directly inside {root}", fix))
+        raise HarnessInputError(
+            Problem(f"run id {run_id!r}", f"resolves to {run_dir}, which is not directly inside {root}", fix)
+        )
     return run_dir
 
 
@@ -56,9 +64,21 @@ def run_report_path(reports_dir: Path, run_id: str) -> Path:
     run_dir = resolve_run_dir(reports_dir, run_id)
     report = run_dir / "report.json"
     if not report.is_file():
-        raise HarnessInputError(Problem(str(report), f"no such report: run {run_id!r} does not exist in {reports_dir}", "pick a run that has a report.json (list the reports directory)"))
+        raise HarnessInputError(
+            Problem(
+                str(report),
+                f"no such report: run {run_id!r} does not exist in {reports_dir}",
+                "pick a run that has a report.json (list the reports directory)",
+            )
+        )
     if report.resolve().parent != run_dir:
-        raise HarnessInputError(Problem(str(report), "is a link that points outside its run folder", "replace the link with the report file itself"))
+        raise HarnessInputError(
+            Problem(
+                str(report),
+                "is a link that points outside its run folder",
+                "replace the link with the report file itself",
+            )
+        )
     return report
 
 
@@ -104,9 +124,19 @@ def _read_head(reports_dir: Path) -> tuple[dict[str, Any] | None, str]:
     try:
         head = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"{path}: is not valid JSON ({exc}); the head was damaged, so a removed last entry cannot be ruled out"
-    if not isinstance(head, dict) or not isinstance(head.get("entries"), int) or not isinstance(head.get("last_hash"), str):
-        return None, f"{path}: should be {{\"entries\": int, \"last_hash\": str}}; the head was damaged, so a removed last entry cannot be ruled out"
+        return (
+            None,
+            f"{path}: is not valid JSON ({exc}); the head was damaged, so a removed last entry cannot be ruled out",
+        )
+    if (
+        not isinstance(head, dict)
+        or not isinstance(head.get("entries"), int)
+        or not isinstance(head.get("last_hash"), str)
+    ):
+        return (
+            None,
+            f'{path}: should be {{"entries": int, "last_hash": str}}; the head was damaged, so a removed last entry cannot be ruled out',
+        )
     return head, ""
 
 
@@ -118,12 +148,16 @@ def _chain_problems(reports_dir: Path, rows: list[tuple[int, dict[str, Any] | No
     for lineno, entry, why in rows:
         where = f"{ledger}:{lineno}"
         if entry is None:
-            problems.append(f"{where}: the line {why}; it was edited or partly written, restore ledger.jsonl from a backup")
+            problems.append(
+                f"{where}: the line {why}; it was edited or partly written, restore ledger.jsonl from a backup"
+            )
             chain_known = False
             continue
         label = f"{where} (seq {entry['seq']}, run {entry['run_id']!r})"
         if entry_hash(entry) != entry["hash"]:
-            problems.append(f"{label}: the stored hash does not match the entry's contents, so the entry was edited after it was signed")
+            problems.append(
+                f"{label}: the stored hash does not match the entry's contents, so the entry was edited after it was signed"
+            )
         if chain_known:
             if prev is None:
                 want_seq: int | None = 1
@@ -131,10 +165,14 @@ def _chain_problems(reports_dir: Path, rows: list[tuple[int, dict[str, Any] | No
                 want_seq = prev["seq"] + 1 if isinstance(prev["seq"], int) else None
             want_prev = GENESIS if prev is None else prev["hash"]
             if want_seq is not None and entry["seq"] != want_seq:
-                problems.append(f"{label}: seq is {entry['seq']}, expected {want_seq}, so an entry before it was removed or the lines were reordered")
+                problems.append(
+                    f"{label}: seq is {entry['seq']}, expected {want_seq}, so an entry before it was removed or the lines were reordered"
+                )
             if entry["prev_hash"] != want_prev:
                 before = "the start of the ledger" if prev is None else f"the entry before it (seq {prev['seq']})"
-                problems.append(f"{label}: prev_hash does not match the hash of {before}, so an entry was removed, inserted or reordered")
+                problems.append(
+                    f"{label}: prev_hash does not match the hash of {before}, so an entry was removed, inserted or reordered"
+                )
         prev, chain_known = entry, True
 
     head, head_problem = _read_head(reports_dir)
@@ -144,15 +182,23 @@ def _chain_problems(reports_dir: Path, rows: list[tuple[int, dict[str, Any] | No
     last_hash = rows[-1][1].get("hash") if rows and rows[-1][1] is not None else None
     head_path = reports_dir / HEAD_FILE
     if head is None and not head_problem and n:
-        problems.append(f"{head_path}: is missing while {ledger} has {n} entries; the head was deleted, so a removed last entry cannot be ruled out")
+        problems.append(
+            f"{head_path}: is missing while {ledger} has {n} entries; the head was deleted, so a removed last entry cannot be ruled out"
+        )
     elif head is not None:
         if head["entries"] > n:
             where_from = "from the end (truncated tail)" if not problems else "(see the lines above)"
-            problems.append(f"{head_path}: records {head['entries']} entries but {ledger} has {n}, so {head['entries'] - n} were removed {where_from}")
+            problems.append(
+                f"{head_path}: records {head['entries']} entries but {ledger} has {n}, so {head['entries'] - n} were removed {where_from}"
+            )
         elif head["entries"] < n:
-            problems.append(f"{head_path}: records {head['entries']} entries but {ledger} has {n}; lines were added without updating the head (a crash mid-append, or a forged line)")
+            problems.append(
+                f"{head_path}: records {head['entries']} entries but {ledger} has {n}; lines were added without updating the head (a crash mid-append, or a forged line)"
+            )
         elif n and head["last_hash"] != last_hash:
-            problems.append(f"{head_path}: last_hash does not match the hash of the last line of {ledger} (line {rows[-1][0]}), so the last entry was replaced")
+            problems.append(
+                f"{head_path}: last_hash does not match the hash of the last line of {ledger} (line {rows[-1][0]}), so the last entry was replaced"
+            )
     return problems
 
 
@@ -220,9 +266,21 @@ def append_signoff(reports_dir: Path, run_id: str, by: str, decision: str, note:
         text = report_path.read_bytes().decode("utf-8")
         report = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HarnessInputError(Problem(str(report_path), f"cannot be read as JSON ({exc})", "re-run the evaluation to regenerate the report before signing it")) from exc
+        raise HarnessInputError(
+            Problem(
+                str(report_path),
+                f"cannot be read as JSON ({exc})",
+                "re-run the evaluation to regenerate the report before signing it",
+            )
+        ) from exc
     if not isinstance(report, dict):
-        raise HarnessInputError(Problem(str(report_path), "is not a JSON object", "re-run the evaluation to regenerate the report before signing it"))
+        raise HarnessInputError(
+            Problem(
+                str(report_path),
+                "is not a JSON object",
+                "re-run the evaluation to regenerate the report before signing it",
+            )
+        )
     gates = report.get("gates")
     verdict = gates.get("verdict") if isinstance(gates, dict) and isinstance(gates.get("verdict"), str) else None
 
@@ -232,7 +290,14 @@ def append_signoff(reports_dir: Path, run_id: str, by: str, decision: str, note:
         broken = _chain_problems(reports_dir, rows)
         if broken:
             raise HarnessInputError(
-                [*broken[:5], Problem(str(ledger), "is damaged, so no new sign-off was added", "investigate with verify_ledger and restore the ledger from a backup")]
+                [
+                    *broken[:5],
+                    Problem(
+                        str(ledger),
+                        "is damaged, so no new sign-off was added",
+                        "investigate with verify_ledger and restore the ledger from a backup",
+                    ),
+                ]
             )
         last = rows[-1][1] if rows else None
         entry: dict[str, Any] = {

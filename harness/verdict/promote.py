@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessInputError, Problem
-from harness.verdict.gates import GatePolicy, evaluate_gates
 from harness.io import atomic_write_json, read_jsonl
+from harness.verdict.gates import GatePolicy, evaluate_gates
 from harness.verdict.ledger import run_report_path
 
 ALIAS_FILE = "champion.json"
@@ -26,7 +26,11 @@ def champion(reports_dir: Path) -> str | None:
     try:
         run_id = json.loads(alias.read_text(encoding="utf-8"))["run_id"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise HarnessInputError(Problem(str(alias), "is not a champion alias file", "delete it and promote a run again (harness promote RUN)")) from None
+        raise HarnessInputError(
+            Problem(
+                str(alias), "is not a champion alias file", "delete it and promote a run again (harness promote RUN)"
+            )
+        ) from None
     return str(run_id)
 
 
@@ -35,8 +39,13 @@ def load_run(reports_dir: Path, run_id: str) -> tuple[Path, dict[str, Any], list
     run_dir = run_dir_of(reports_dir, run_id)
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     if report.get("kind") not in ("pipeline", "compare"):
-        raise HarnessInputError(Problem(str(run_dir / "report.json"), f"is a {report.get('kind')!r} report",
-                                        "gates compare variants: pass a `harness pipeline` or `harness compare` run"))
+        raise HarnessInputError(
+            Problem(
+                str(run_dir / "report.json"),
+                f"is a {report.get('kind')!r} report",
+                "gates compare variants: pass a `harness pipeline` or `harness compare` run",
+            )
+        )
     problems: list[Problem] = []
     rows = [obj for _, obj in read_jsonl(run_dir / "cases.jsonl", problems)]
     if problems:
@@ -56,7 +65,9 @@ def champion_variant(reports_dir: Path) -> str | None:
     return str(value) if value else None
 
 
-def champion_rows(reports_dir: Path, exclude: str | None = None) -> tuple[str | None, list[dict[str, Any]] | None, str | None]:
+def champion_rows(
+    reports_dir: Path, exclude: str | None = None
+) -> tuple[str | None, list[dict[str, Any]] | None, str | None]:
     """The champion's id, rows and promoted variant; none when there is no champion or it is the run being judged."""
     run_id = champion(reports_dir)
     if run_id is None or run_id == exclude:
@@ -78,11 +89,19 @@ def promoted_variant(report: dict[str, Any], asked: str | None, where: str) -> s
     kinds = {n: (report.get("variants") or {}).get(n, {}).get("kind", n) for n in order}
     if asked is not None:
         if asked not in order:
-            raise HarnessInputError(Problem(f"--variant {asked}", f"is not a variant of {where}", f"use one of: {', '.join(order)}"))
+            raise HarnessInputError(
+                Problem(f"--variant {asked}", f"is not a variant of {where}", f"use one of: {', '.join(order)}")
+            )
         return asked
     adapters = [n for n in order if kinds[n] == "adapter"]
     if len(adapters) != 1:
-        raise HarnessInputError(Problem(where, f"has {len(adapters)} adapter variants", f"say which one becomes the champion: --variant NAME ({', '.join(order)})"))
+        raise HarnessInputError(
+            Problem(
+                where,
+                f"has {len(adapters)} adapter variants",
+                f"say which one becomes the champion: --variant NAME ({', '.join(order)})",
+            )
+        )
     return adapters[0]
 
 
@@ -92,14 +111,31 @@ def promote(reports_dir: Path, run_id: str, variant: str | None = None) -> dict[
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     gates = report.get("gates")
     if not gates:
-        raise HarnessInputError(Problem(str(run_dir / "report.json"), "has no gate results", "run the pipeline with a gates.yaml next to the suite"))
+        raise HarnessInputError(
+            Problem(
+                str(run_dir / "report.json"),
+                "has no gate results",
+                "run the pipeline with a gates.yaml next to the suite",
+            )
+        )
     if gates["verdict"] != "pass":
         bad = [c["id"] for c in gates["checks"] if c["verdict"] not in ("pass", "not_applicable")]
-        raise HarnessInputError(Problem(f"run {run_id}", f"gates verdict is {gates['verdict']} ({', '.join(bad[:6])})", "only a run whose every gate passed can become the champion"))
+        raise HarnessInputError(
+            Problem(
+                f"run {run_id}",
+                f"gates verdict is {gates['verdict']} ({', '.join(bad[:6])})",
+                "only a run whose every gate passed can become the champion",
+            )
+        )
     previous = champion(reports_dir)
     name = promoted_variant(report, variant, f"run {run_id}")
     block = (report.get("variants") or {}).get(name, {})
-    entry = {"run_id": run_id, "variant": name, "previous": previous, "suite": report["suite"],
-             "adapter_sha256": block.get("adapter_sha256") or (report.get("adapter") or {}).get("sha256")}
+    entry = {
+        "run_id": run_id,
+        "variant": name,
+        "previous": previous,
+        "suite": report["suite"],
+        "adapter_sha256": block.get("adapter_sha256") or (report.get("adapter") or {}).get("sha256"),
+    }
     atomic_write_json(reports_dir / ALIAS_FILE, entry)
     return entry

@@ -1,4 +1,5 @@
 """Probe: which ops does the selective-checkpoint policy see in a compiled nf4 layer, and does MUST_SAVE change what is saved?"""
+
 import collections
 import sys
 from pathlib import Path
@@ -8,9 +9,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
-import trainers.cuda_path as cp  # noqa: E402
 from common import build_nf4_model, seed_lora_config  # noqa: E402
 from transformers import MistralConfig  # noqa: E402
+
+import trainers.cuda_path as cp  # noqa: E402
 
 seen: collections.Counter = collections.Counter()
 orig = cp.MlpSavePolicy.__call__
@@ -25,10 +27,20 @@ def spy(self, ctx, op, *args, **kw):  # noqa: ANN001, ANN202
 
 cp.MlpSavePolicy.__call__ = spy
 dev = "cuda"
-cfg = MistralConfig(vocab_size=256, hidden_size=256, intermediate_size=768, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, sliding_window=None)
+cfg = MistralConfig(
+    vocab_size=256,
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    sliding_window=None,
+)
 for save in (0, 2):
     torch._dynamo.reset()
-    pm = cp.prepare_qlora_model(build_nf4_model(cfg, dev), seed_lora_config(), keep_layers=0, compile_layers=True, save_mlp_layers=save)
+    pm = cp.prepare_qlora_model(
+        build_nf4_model(cfg, dev), seed_lora_config(), keep_layers=0, compile_layers=True, save_mlp_layers=save
+    )
     ids = torch.randint(0, 256, (2, 128), device=dev)
     packed: list[int] = []
 
@@ -45,6 +57,9 @@ for save in (0, 2):
                 loss = pm(input_ids=ids, labels=ids).loss
         after_fwd = torch.cuda.memory_allocated() - base
         loss.backward()
-    print(f"save_mlp {save}: saved tensors {len(packed)}, elements {sum(packed)}, memory held after forward {after_fwd}", flush=True)
+    print(
+        f"save_mlp {save}: saved tensors {len(packed)}, elements {sum(packed)}, memory held after forward {after_fwd}",
+        flush=True,
+    )
 for k, v in sorted(seen.items()):
     print(v, k)
