@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -178,7 +179,10 @@ def report_findings(findings: list[Finding], dist: dict[str, Any], hygiene: dict
         print(f"hygiene: {hygiene_summary(hygiene)}", file=sys.stderr)
     if dist:
         print(
-            f"doctor: token lengths n={dist['n']} min={dist['min']} p50={dist['p50']:.0f} p90={dist['p90']:.0f} p99={dist['p99']:.0f} max={dist['max']}",
+            (
+                f"doctor: token lengths n={dist['n']} min={dist['min']} p50={dist['p50']:.0f} "
+                f"p90={dist['p90']:.0f} p99={dist['p99']:.0f} max={dist['max']}"
+            ),
             file=sys.stderr,
         )
     for f in findings:
@@ -404,11 +408,27 @@ class DirectLogProb:
         return log_probs, entropy, log_sum_sq, mean_logits, is_top1
 
 
-def _last_checkpoint(folder: Path) -> str | None:
-    ckpts = sorted(
-        folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1
-    )
-    return str(ckpts[-1]) if ckpts else None
+def _last_checkpoint(folder: Path, quiet: bool = True) -> str | None:
+    """The newest complete checkpoint; newer ones a kill left half-written are removed.
+
+    The Trainer writes trainer_state.json last, after the weights, optimizer and RNG states, so a
+    checkpoint whose state file is missing or unreadable was cut off mid-save and cannot be resumed.
+    """
+
+    def step(p: Path) -> int:
+        tail = p.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    for ckpt in sorted(folder.glob("checkpoint-*"), key=step, reverse=True):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            if not quiet:
+                print(f"removing {ckpt.name}: it was cut off while being saved", file=sys.stderr)
+            shutil.rmtree(ckpt, ignore_errors=True)
+            continue
+        return str(ckpt)
+    return None
 
 
 def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path:
@@ -431,7 +451,10 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         if json.loads(meta_file.read_text(encoding="utf-8")).get("data", {}).get("file_sha256") == file_sha:
             if not quiet:
                 print(
-                    f"candidate {out} already trained with this exact config and data; reusing it (delete the folder to retrain)",
+                    (
+                        f"candidate {out} already trained with this exact config and data; "
+                        "reusing it (delete the folder to retrain)"
+                    ),
                     file=sys.stderr,
                 )
             return out
@@ -541,7 +564,7 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
     trainer.model.train()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    resume = _last_checkpoint(ckpt_dir)
+    resume = _last_checkpoint(ckpt_dir, quiet)
     if resume and not quiet:
         print(f"resuming from {resume}", file=sys.stderr)
     cpu_bf16 = not cuda and precision["autocast"] == "bf16"
@@ -586,8 +609,8 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
             "train": len(data.train),
             "validation": len(data.validation),
         },
-        # the format the training prompts were built in, for the evaluator (harness.variants.prompts.load_format reads it);
-        # null when it cannot be known (text data without data.template), with the reason beside it
+        # the format the training prompts were built in, for the evaluator (harness.variants.prompts.load_format
+        # reads it); null when it cannot be known (text data without data.template), with the reason beside it
         "prompt_format": prep.prompt_format.to_json() if prep.prompt_format is not None else None,
         "prompt_format_reason": prep.prompt_format_reason,
         "token_lengths": dist,
@@ -620,7 +643,8 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
 
 
 def candidate_adapter(cfg: TrainConfig, adapter: Path | None = None) -> tuple[Path, dict[str, Any] | None]:
-    """The adapter to evaluate and its training metadata: a given folder, or the preset's candidate (trained or reused)."""
+    """The adapter to evaluate and its training metadata: a given folder, or the preset's candidate
+    (trained or reused)."""
     if adapter is None:
         adapter = train(cfg) / "adapter"
     meta = adapter.parent / "training_metadata.json"
@@ -642,12 +666,24 @@ def model_card(meta: dict[str, Any]) -> str:
             "",
             f"- base weights sha256: `{meta['base_model']['weights_sha256']}`",
             f"- adapter sha256: `{meta['adapter_sha256']}`",
-            f"- LoRA r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} targets={', '.join(lora['target_modules'])}",
-            f"- data: `{meta['data']['path']}` (sha256 `{meta['data']['sha256'][:12]}`), {meta['data']['train']} train / {meta['data']['validation']} validation examples",
+            (
+                f"- LoRA r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} "
+                f"targets={', '.join(lora['target_modules'])}"
+            ),
+            (
+                f"- data: `{meta['data']['path']}` (sha256 `{meta['data']['sha256'][:12]}`), "
+                f"{meta['data']['train']} train / {meta['data']['validation']} validation examples"
+            ),
             f"- precision that ran: {meta['precision']}",
             f"- evaluate in: {_describe_format(meta)}",
-            f"- steps {meta['steps']}, train loss {meta['train_loss']:.4f}, validation loss {meta['validation_loss'] if meta['validation_loss'] is None else round(meta['validation_loss'], 4)}",
-            f"- {meta['tokens_per_s']} tokens/s, wall {meta['wall_time_s']} s, trainable share {100 * (meta['trainable_share'] or 0):.2f}%",
+            (
+                f"- steps {meta['steps']}, train loss {meta['train_loss']:.4f}, validation loss "
+                f"{meta['validation_loss'] if meta['validation_loss'] is None else round(meta['validation_loss'], 4)}"
+            ),
+            (
+                f"- {meta['tokens_per_s']} tokens/s, wall {meta['wall_time_s']} s, "
+                f"trainable share {100 * (meta['trainable_share'] or 0):.2f}%"
+            ),
             "",
             "Intended use: a candidate to be judged by the regression harness before anything ships. Evaluate with",
             "`harness pipeline` and read the report before promotion.",
