@@ -4,13 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run eval gate app gguf test test-fast lint bench bench-train bench-cache clean
+.PHONY: setup run eval gate app gguf test test-fast lint lock bench bench-train bench-cache clean
 
-$(STAMP): pyproject.toml
+# Every dependency comes from requirements.lock (pinned, hashed); the harness itself is installed without deps.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q pip==26.3  # older pips refuse hashed extras of transitive dependencies
+	$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -62,3 +63,11 @@ bench-cache: setup
 
 clean:
 	rm -rf $(VENV)
+
+## Re-pin requirements.lock after a change to pyproject.toml's dependencies (pip-tools in a throwaway venv).
+lock:
+	$(PYTHON) -m venv /tmp/harness-lock-venv && /tmp/harness-lock-venv/bin/pip install -q pip-tools
+	/tmp/harness-lock-venv/bin/pip-compile -q --allow-unsafe --extra=dev --generate-hashes --no-emit-index-url \
+	    --no-emit-find-links --strip-extras --output-file=requirements.lock.new pyproject.toml
+	{ sed -n '1,7p' requirements.lock; grep -v '^#' requirements.lock.new | sed '/./,$$!d'; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock && rm requirements.lock.new

@@ -134,7 +134,10 @@ def test_bad_training_data_is_reported_by_line(tmp_path: Path, tiny_model_dir: P
                 '{"messages": [{"role": "user", "content": "hi"}]}',
                 '{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "{}"}]}',
                 '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "not json"}]}',
-                '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "{\\"category\\": \\"x\\"}"}]}',
+                (
+                    '{"messages": [{"role": "user", "content": "hi"}, '
+                    '{"role": "assistant", "content": "{\\"category\\": \\"x\\"}"}]}'
+                ),
                 "{broken",
             ]
         )
@@ -216,3 +219,34 @@ def test_direct_log_prob_falls_back_to_chunks_when_the_logits_are_too_large(monk
     assert calls == []
     direct.apply(torch.randn(11, 8), weight, None, targets, 1.0, 4, None, 1.0, ("entropy",))
     assert calls == [11]
+
+
+def test_the_trl_internals_the_cpu_path_replaces_keep_their_shape() -> None:
+    """Fails loudly when TRL changes what the CPU fast path patches (the fast path would silently be off)."""
+    import inspect
+
+    import trl
+    import trl.trainer.utils as trl_utils
+
+    where = f"TRL {trl.__version__} (requirements.lock pins the version this was written against)"
+    assert callable(getattr(trl_utils, "_use_triton", None)), f"{where}: trl.trainer.utils._use_triton is gone"
+    assert list(inspect.signature(trl_utils._use_triton).parameters) == ["device"], where
+    chunked = getattr(trl_utils, "_ChunkedLogProbFunction", None)
+    assert chunked is not None, f"{where}: trl.trainer.utils._ChunkedLogProbFunction is gone"
+    expected = [
+        "ctx",
+        "hidden",
+        "weight",
+        "bias",
+        "targets",
+        "temperature",
+        "chunk_size",
+        "final_logit_softcapping",
+        "logit_scale",
+        "outputs",
+    ]
+    assert list(inspect.signature(chunked.forward).parameters) == expected, f"{where}: its forward() changed"
+    from trainers.sft_recipe import labelled_positions_only
+
+    with labelled_positions_only(cuda=False) as what:
+        assert what == "labelled positions only, unchunked", what

@@ -247,8 +247,19 @@ def labelled_positions_only(cuda: bool) -> Iterator[str]:
 
     original = getattr(trl_utils, "_use_triton", None)
     chunked = getattr(trl_utils, "_ChunkedLogProbFunction", None)
-    if cuda or not callable(original) or chunked is None:
+    if cuda:
         yield "trl default"
+        return
+    if not callable(original) or chunked is None:
+        import trl
+
+        print(
+            f"harness: warning: TRL {trl.__version__} lacks the internals the CPU fast path replaces "
+            "(trl.trainer.utils._use_triton, _ChunkedLogProbFunction): training runs TRL's default loss, "
+            "about a third slower; install the versions in requirements.lock",
+            file=sys.stderr,
+        )
+        yield "trl default (fast path unavailable in this TRL)"
         return
     trl_utils._use_triton = lambda device: True
     trl_utils._ChunkedLogProbFunction = DirectLogProb(chunked)
@@ -483,18 +494,24 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
     # CUDA + nf4: LoRA attached by the fast path (compiled decoder layers, the last layers not
     # checkpointed, replayable dropout; see docs/gpu.md), so TRL must neither wrap nor checkpoint again.
     fast_cuda = cuda and precision["weights"] == "nf4"
+    compile_mode = CUDA_COMPILE_MODE
+    graphs_skipped = None
     if fast_cuda:
-        from trainers.cuda_path import decoder_layers, prepare_qlora_model
+        from trainers.cuda_path import checkpoint_outside_compiled_layer, decoder_layers, prepare_qlora_model
 
         n_layers = len(decoder_layers(model))
         keep = (
             min(3, n_layers) if t.gradient_checkpointing else n_layers
         )  # 3 unchecked layers fit seed000's shape in 80 GB
-        model = prepare_qlora_model(model, lora, keep_layers=keep, compile_layers=True, compile_mode=CUDA_COMPILE_MODE)
+        if compile_mode == "reduce-overhead" and keep < n_layers:
+            # known beforehand: this transformers checkpoints around the compiled layer, where CUDA graphs fail
+            graphs_skipped = checkpoint_outside_compiled_layer()
+            compile_mode = None if graphs_skipped else compile_mode
+        model = prepare_qlora_model(model, lora, keep_layers=keep, compile_layers=True, compile_mode=compile_mode)
         precision["cuda_path"] = {
             "keep_layers": keep,
             "compile_layers": True,
-            "compile_mode": CUDA_COMPILE_MODE,
+            "compile_mode": CUDA_COMPILE_MODE,  # asked for; what ran is under cuda_graphs
             "pad_to_multiple_of": CUDA_PAD_MULTIPLE,
         }
     steps_per_epoch = max(1, -(-len(data.train) // (t.batch_size * t.grad_accum)))
@@ -562,6 +579,13 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         callbacks=[clock],
     )
     trainer.model.train()
+    # CUDA graphs can fail where plain compiled layers do not (transformers 5.17 on an H200, docs/gpu.md): the
+    # guard then recompiles without them and goes on from the optimizer step it was in; recorded below
+    graphs = None
+    if fast_cuda and compile_mode == "reduce-overhead":
+        from trainers.cuda_path import CudaGraphFallback
+
+        graphs = CudaGraphFallback(trainer, trainer.model, quiet=quiet).install()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     resume = _last_checkpoint(ckpt_dir, quiet)
@@ -573,8 +597,18 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         cpu_bf16_casts(trainer.model, cpu_bf16) as casts,
         reuse_freed_memory(not cuda) as heap,
     ):
-        result = trainer.train(resume_from_checkpoint=resume)
-        val_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None and len(eval_ds) else None
+        try:
+            result = trainer.train(resume_from_checkpoint=resume)
+            val_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None and len(eval_ds) else None
+        finally:
+            if graphs is not None:
+                graphs.remove()
+    if graphs is not None:
+        precision["cuda_path"]["cuda_graphs"] = graphs.record()
+    elif graphs_skipped:
+        from trainers.cuda_path import cuda_graphs_record
+
+        precision["cuda_path"]["cuda_graphs"] = cuda_graphs_record(False, graphs_skipped, {"during": "preparation"})
     precision["lm_head"] = lm_head
     if not cuda:
         precision["casts"] = casts
