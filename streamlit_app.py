@@ -3,8 +3,9 @@
     .venv/bin/streamlit run streamlit_app.py        # http://localhost:8501, bound to 127.0.0.1
 
 Every number comes from the report files; nothing is scored here. The one write is a sign-off, made
-through harness.ledger, the same code the CLI uses. HARNESS_REPORTS_DIR points the app at another
-reports folder (default: ./reports).
+through harness.verdict.signoff, the same code the CLI uses: signed with the key file named in the form
+(default $HARNESS_SIGNING_KEY), checked against $HARNESS_ALLOWED_SIGNERS (default golden/allowed_signers).
+HARNESS_REPORTS_DIR points the app at another reports folder (default: ./reports).
 
 A run compares any number of named variants, laid out in the report's `variant_order`; a report written
 before variants had names shows the base, adapter and merged it holds, its merge parity as merged vs adapter.
@@ -32,16 +33,18 @@ from streamlit.errors import StreamlitAPIException
 from harness import REPORT_SCHEMA_VERSION
 from harness.errors import HarnessInputError, Problem
 from harness.io import read_jsonl, sha256_file
+from harness.verdict.checklist import Item, build_checklist
+from harness.verdict.gates import SignoffPolicy
 from harness.verdict.ledger import (
     DECISIONS,
     HEAD_FILE,
     LEDGER_FILE,
-    append_signoff,
-    ledger_history,
+    entry_lines,
     resolve_run_dir,
     run_report_path,
-    verify_ledger,
 )
+from harness.verdict.signing import SIGNING_KEY_ENV, allowed_signers_path, load_signing_key
+from harness.verdict.signoff import SETTING, Audit, PolicySource, audit_ledger, policy_for, sign_off
 
 REPORTS_ENV = "HARNESS_REPORTS_DIR"
 REPORT_KINDS = ("pipeline", "compare")
@@ -130,8 +133,12 @@ def _sha256(path: str, mtime_ns: int, size: int) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _verify(root: str, fingerprint: tuple[tuple[str, int, int], ...]) -> list[str]:
-    return verify_ledger(Path(root))
+def _audit(root: str, signers: str, fingerprint: tuple[tuple[str, int, int], ...]) -> tuple[Audit | None, str]:
+    """The ledger's chain, reports and signatures checked; (None, why) when the ledger files cannot be read."""
+    try:
+        return audit_ledger(Path(root), Path(signers)), ""
+    except HarnessInputError as exc:
+        return None, exc.render()
 
 
 def _dig(obj: Any, *keys: str) -> Any:
@@ -1031,62 +1038,160 @@ def _render_relation(name: str, rel: dict[str, Any], claimed: Any, in_order: boo
             st.dataframe(pd.DataFrame(worst), hide_index=True, key=f"worst_{name}")
 
 
-def _ledger_fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
-    files = [root / LEDGER_FILE, root / HEAD_FILE, *sorted(root.glob("*/report.json"))]
+def _ledger_fingerprint(root: Path, signers: Path) -> tuple[tuple[str, int, int], ...]:
+    files = [root / LEDGER_FILE, root / HEAD_FILE, signers, *sorted(root.glob("*/report.json"))]
     return tuple(_stat_key(f) for f in files if f.is_file())
+
+
+CHECKLIST_COLUMNS = ("item", "status", "detail", "evidence")
+
+
+def _policy(report: dict[str, Any]) -> tuple[PolicySource, str]:
+    """The run's sign-off policy; a broken gate policy file is shown, and the strict defaults apply."""
+    try:
+        return policy_for(report), ""
+    except HarnessInputError as exc:
+        return PolicySource(SignoffPolicy(), "defaults (the suite's gates.yaml cannot be read)"), exc.render()
+
+
+def render_checklist(items: list[Item]) -> None:
+    st.markdown("### Release checklist")
+    counts = Counter(i.status for i in items)
+    st.caption(
+        " · ".join(f"{n} {md(k)}" for k, n in counts.most_common())
+        + " · evidence paths are relative to where the app runs"
+    )
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "item": i.title,
+                    "status": i.status,
+                    "detail": i.detail,
+                    "evidence": ", ".join(str(e) for e in i.evidence),
+                }
+                for i in items
+            ],
+            columns=list(CHECKLIST_COLUMNS),
+        ),
+        hide_index=True,
+        key="checklist_table",
+    )
+
+
+def _signoff_form(root: Path, run_id: str, source: PolicySource, signers: Path) -> None:
+    policy = source.policy
+    with st.form("signoff", clear_on_submit=True):
+        by = st.text_input("Your principal (as in the allowed-signers file)", key="signoff_by")
+        decision = st.radio("Decision", DECISIONS, index=None, horizontal=True, key="signoff_decision")
+        note = st.text_area("Note", key="signoff_note")
+        key_path = st.text_input(
+            "Your ed25519 private key file",
+            value=os.environ.get(SIGNING_KEY_ENV, ""),
+            key="signoff_key",
+            help=f"an OpenSSH key (ssh-keygen -t ed25519); read on this machine, never uploaded; "
+            f"default ${SIGNING_KEY_ENV}",
+        )
+        unsigned = (
+            st.checkbox("Record unsigned (this run's policy allows it)", key="signoff_unsigned")
+            if not policy.require_signature
+            else False
+        )
+        st.markdown("What you attest (an approval needs each; a reject none)")
+        attested = {name: st.text_input(name, key=f"attest_{name}") for name in policy.attestations}
+        submitted = st.form_submit_button("Record sign-off")
+    if not submitted:
+        return
+    problems: list[Problem | str] = []
+    key = None
+    if key_path.strip() and not unsigned:
+        try:
+            key = load_signing_key(Path(key_path.strip()))
+        except HarnessInputError as exc:
+            problems.extend(exc.problems)
+    try:
+        if problems:
+            raise HarnessInputError(problems)
+        entry = sign_off(
+            root,
+            run_id,
+            by,
+            str(decision) if decision else "",
+            note,
+            key,
+            signers,
+            {k: v for k, v in attested.items() if v.strip()},
+            unsigned=bool(unsigned),
+        )
+    except HarnessInputError as exc:
+        st.error("Sign-off not recorded:  \n" + "  \n".join(f"- {md(p)}" for p in exc.problems))
+    else:
+        how = f"signed with {md(entry['key_fingerprint'])}" if entry.get("signature") else "unsigned"
+        st.success(f"Recorded sign-off #{entry['seq']}: {md(entry['by'])} {entry['decision']}d this report, {how}.")
 
 
 def render_signoff(report: dict[str, Any], path: Path, root: Path, run_id: str) -> None:
     verdict = _dig(report, "gates", "verdict")
     verdict = verdict if isinstance(verdict, str) else None
     sha = _sha256(*_stat_key(path))
+    signers = allowed_signers_path()
+    source, policy_error = _policy(report)
     st.markdown(
         f"Signing {code(run_id)} · report sha256 {code(sha[:12])} · gates {badge(verdict) if verdict else md(ABSENT)}"
     )
+    st.caption(
+        f"sign-off policy: {md(source.where)} · signature "
+        + ("required" if source.policy.require_signature else f"optional ({code(SETTING)})")
+        + f" · allowed signers {md(signers)}"
+    )
+    if policy_error:
+        st.error(f"The suite's gate policy cannot be read, so the strict defaults apply: {md(policy_error)}")
+    render_checklist(build_checklist(root, run_id, report, None, source.policy.attestations))
     if verdict in {"fail", "inconclusive"}:
         st.warning(f"The gates say {str(verdict).upper()}: an approval overrides them, so say why in the note.")
-    with st.form("signoff", clear_on_submit=True):
-        by = st.text_input("Your name", key="signoff_by")
-        decision = st.radio("Decision", DECISIONS, index=None, horizontal=True, key="signoff_decision")
-        note = st.text_area("Note", key="signoff_note")
-        submitted = st.form_submit_button("Record sign-off")
-    if submitted:
-        try:
-            entry = append_signoff(root, run_id, by, str(decision) if decision else "", note)
-        except HarnessInputError as exc:
-            st.error("Sign-off not recorded:  \n" + "  \n".join(f"- {md(p)}" for p in exc.problems))
-        else:
-            st.success(f"Recorded sign-off #{entry['seq']}: {md(entry['by'])} {entry['decision']}d this report.")
+    _signoff_form(root, run_id, source, signers)
 
     st.markdown("### Ledger")
-    problems = _verify(str(root), _ledger_fingerprint(root))
-    if problems:
-        st.error("The ledger does not verify:  \n" + "  \n".join(f"- {md(p)}" for p in problems))
+    audit, unreadable = _audit(str(root), str(signers), _ledger_fingerprint(root, signers))
+    if audit is None:
+        st.error(f"The ledger cannot be read: {md(unreadable)}")
+        return
+    if audit.signers_problem:
+        st.warning(f"Signatures not checked: {md(audit.signers_problem)}")
+    if audit.problems:
+        st.error("The ledger does not verify:  \n" + "  \n".join(f"- {md(p)}" for p in audit.problems))
     else:
-        st.success(f"Ledger intact ({len(ledger_history(root))} entries).")
-    history = ledger_history(root, run_id)
+        st.success(f"Ledger intact ({len(audit.entries)} entries).")
+    status = {e.line: e for e in audit.entries}
+    try:
+        history = [(lineno, e) for lineno, e in entry_lines(root) if e.get("run_id") == run_id]
+    except HarnessInputError as exc:
+        st.error(f"The ledger cannot be read: {md(exc.render())}")
+        return
     if not history:
         st.caption("No sign-off for this run yet.")
         return
-    st.dataframe(
-        pd.DataFrame(
-            [
-                {
-                    "seq": e.get("seq"),
-                    "at": e.get("at"),
-                    "by": e.get("by"),
-                    "decision": e.get("decision"),
-                    "gates": e.get("verdict"),
-                    "note": e.get("note"),
-                    "report": str(e.get("report_sha256"))[:12],
-                    "covers this report": e.get("report_sha256") == sha,
-                }
-                for e in history
-            ]
-        ),
-        hide_index=True,
-        key="ledger_table",
-    )
+    rows = []
+    for lineno, e in history:
+        s = status.get(lineno)
+        rows.append(
+            {
+                "seq": e.get("seq"),
+                "at": e.get("at"),
+                "by": e.get("by"),
+                "decision": e.get("decision"),
+                "signature": s.status if s is not None else "unknown",
+                "signer key": e.get("key_fingerprint") or "",
+                "gates": e.get("verdict"),
+                "note": e.get("note"),
+                "attested": ", ".join(sorted(e.get("attestations") or {}))
+                if isinstance(e.get("attestations"), dict)
+                else "",
+                "report": str(e.get("report_sha256"))[:12],
+                "covers this report": e.get("report_sha256") == sha,
+            }
+        )
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="ledger_table")
 
 
 def main() -> None:

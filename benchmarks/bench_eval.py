@@ -115,14 +115,17 @@ def main() -> int:
         "torch_threads": torch.get_num_threads(),
     }
     print(
-        f"engine:    {engine_rate:.3f} cases/s ({n} cases in {engine_s:.1f} s, batch {args.batch_size}, {args.precision})"
+        f"engine:    {engine_rate:.3f} cases/s ({n} cases in {engine_s:.1f} s, "
+        f"batch {args.batch_size}, {args.precision})"
     )
     print(
-        f"reference: {reference_rate:.4f} cases/s ({len(sample)} cases in {reference_s:.1f} s, one at a time, max_new_tokens=160)"
+        f"reference: {reference_rate:.4f} cases/s ({len(sample)} cases in {reference_s:.1f} s, "
+        "one at a time, max_new_tokens=160)"
     )
     print(f"ratio:     {figures['ratio']:.1f}x  (target >= 20x)")
     print(
-        f"outputs:   engine output equals the reference's first tokens on {prefix_agree}/{len(sample)}; identical on {identical_both_stop}/{both_stop} cases where both stopped at EOS"
+        f"outputs:   engine output equals the reference's first tokens on {prefix_agree}/{len(sample)}; "
+        f"identical on {identical_both_stop}/{both_stop} cases where both stopped at EOS"
     )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

@@ -124,7 +124,8 @@ def main() -> int:
             results[side].append(tps)
             ran = what or ran
         print(
-            f"round {r + 1}: harness recipe {results['ours'][-1]:.1f} tokens/s, reference {results['reference'][-1]:.1f} tokens/s, "
+            f"round {r + 1}: harness recipe {results['ours'][-1]:.1f} tokens/s, "
+            f"reference {results['reference'][-1]:.1f} tokens/s, "
             f"ratio {results['ours'][-1] / results['reference'][-1]:.2f}x",
             file=sys.stderr,
             flush=True,
@@ -142,7 +143,8 @@ def main() -> int:
         print(f"round {r + 1}:        {a:.1f} vs {b:.1f} tokens/s = {a / b:.2f}x")
     print(f"harness recipe: {ours_tps:.1f} tokens/s (best of {len(results['ours'])} rounds)")
     print(
-        f"reference:      {ref_tps:.1f} tokens/s (best of {len(results['reference'])} rounds; TRL defaults, fp32, batch 1 x 8, r16 q,k,v,o)"
+        f"reference:      {ref_tps:.1f} tokens/s (best of {len(results['reference'])} rounds; "
+        "TRL defaults, fp32, batch 1 x 8, r16 q,k,v,o)"
     )
     print(f"ratio:          {ours_tps / ref_tps:.2f}x  (target >= 3.5x)")
     return 0

@@ -121,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         const="golden/retention",
         default=None,
         metavar="TASKS_DIR",
-        help="also run capability retention (lm-eval tasks, default golden/retention) on all three variants; adds minutes",
+        help=(
+            "also run capability retention (lm-eval tasks, default golden/retention) on all three variants; "
+            "adds minutes"
+        ),
     )
     pl.add_argument(
         "--retention-limit", type=_positive_int, default=None, help="only the first N items of each retention task"
@@ -206,20 +209,62 @@ def build_parser() -> argparse.ArgumentParser:
         "--variant", default=None, help="which variant becomes the champion (default: the run's only adapter)"
     )
     pr.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    pr.add_argument(
+        "--allow-policy",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="promote a run gated with this policy, not the suite's gates.yaml (recorded in champion.json)",
+    )
 
-    so = sub.add_parser("signoff", help="record an approve/reject decision in the hash-chained ledger")
+    from harness.verdict import signing
+
+    signers_help = (
+        f"who may sign: git's allowed-signers format (default ${signing.ALLOWED_SIGNERS_ENV}, "
+        f"else {signing.ALLOWED_SIGNERS})"
+    )
+    so = sub.add_parser(
+        "signoff",
+        help="sign an approve/reject decision on a run, after its release checklist, into the hash-chained ledger",
+    )
     so.add_argument("run")
-    so.add_argument("--by", required=True, help="who decides")
+    so.add_argument("--by", required=True, help="who decides: your principal in the allowed-signers file")
     so.add_argument("--decision", required=True, choices=["approve", "reject"])
     so.add_argument("--note", default="", help="why")
+    so.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help=f"your ed25519 OpenSSH private key, e.g. ~/.ssh/id_ed25519 (default ${signing.SIGNING_KEY_ENV}; "
+        f"a passphrase comes from ${signing.PASSPHRASE_ENV})",
+    )
+    so.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="record without a signature: only where the suite's gates.yaml says signoff: {require_signature: false}",
+    )
+    so.add_argument(
+        "--attest",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help="what you vouch for (an approval needs each the policy lists; default licence, privacy, monitoring)",
+    )
+    so.add_argument("--attestations", type=Path, default=None, metavar="FILE", help="the same as a YAML mapping")
+    so.add_argument("--allowed-signers", type=Path, default=None, help=signers_help)
     so.add_argument("--reports-dir", type=Path, default=Path("reports"))
 
     lg = sub.add_parser("ledger", help="inspect the sign-off ledger")
     lsub = lg.add_subparsers(dest="ledger_command", required=True)
-    lv = lsub.add_parser("verify", help="check the hash chain: edited, reordered or removed entries are reported")
+    lv = lsub.add_parser(
+        "verify",
+        help="check the hash chain and every signature: edited, reordered, removed, unsigned or forged entries",
+    )
+    lv.add_argument("--allowed-signers", type=Path, default=None, help=signers_help)
     lv.add_argument("--reports-dir", type=Path, default=Path("reports"))
-    lh = lsub.add_parser("show", help="list entries")
+    lh = lsub.add_parser("show", help="list entries with their signature status")
     lh.add_argument("--run", default=None)
+    lh.add_argument("--allowed-signers", type=Path, default=None, help=signers_help)
     lh.add_argument("--reports-dir", type=Path, default=Path("reports"))
 
     doc = sub.add_parser("doctor", help="check a training preset for known pitfalls without training")
@@ -233,7 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     gg.add_argument(
         "--converter",
         default=None,
-        help="PATH/convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERTER, else the one scripts/fetch_llama_cpp_converter.sh put in the cache)",
+        help=(
+            "PATH/convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERTER, "
+            "else the one scripts/fetch_llama_cpp_converter.sh put in the cache)"
+        ),
     )
     gg.add_argument("--outtype", default="f16", help="GGUF tensor type: f32, f16, bf16 or q8_0 (default f16)")
     gg.add_argument(
@@ -241,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gg.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to the converter (default 600)")
     return parser
+
+
+def _check_new_run(args: argparse.Namespace) -> None:
+    """--reports-dir and --run-id of a command that writes a new run, checked before any model or training work."""
+    from harness.runs.report import check_reports_dir, new_run_dir
+
+    check_reports_dir(args.reports_dir)
+    if args.run_id is not None:
+        new_run_dir(args.reports_dir, args.run_id)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -260,6 +317,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from harness.suite.suite import load_suite
     from harness.training.config import load_train_config
 
+    _check_new_run(args)
     cfg = load_train_config(args.config).with_overrides(args.model, None, args.max_steps)
     suite_path = args.suite or cfg.eval_suite or cfg.data.suite
     if not suite_path:
@@ -269,6 +327,10 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             )
         )
     suite = load_suite(suite_path)
+    if args.adapter is not None:
+        from harness.variants.spec import check_adapter
+
+        check_adapter(args.adapter, f"--adapter {args.adapter}", cfg.model)
     from trainers.sft_recipe import candidate_adapter
 
     adapter, training = candidate_adapter(cfg, args.adapter)
@@ -310,6 +372,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.runs.evaluate import EvalOptions
     from harness.runs.plan import plan_run, spec_from_flags
 
+    _check_new_run(args)
     flags = bool(args.adapter or args.merged or args.gguf or args.suite or args.training_data)
     if args.run_file is not None and flags:
         raise HarnessInputError(
@@ -339,8 +402,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         )
     else:
         run = args.run_file
-    if args.reports_dir.exists() and not args.reports_dir.is_dir():
-        raise HarnessInputError(Problem(str(args.reports_dir), "is not a folder", "pass a folder for --reports-dir"))
     options = EvalOptions(
         batch_size=args.batch_size,
         progress=not args.no_progress,
@@ -378,9 +439,10 @@ def _print_gates(gates: dict[str, Any]) -> None:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from harness.io import atomic_write_json
-    from harness.verdict.promote import load_run, regate
+    from harness.runs.report import check_reports_dir
+    from harness.verdict.promote import load_run, regate, write_regate
 
+    check_reports_dir(args.reports_dir)
     report = load_run(args.reports_dir, args.run)[1]
     policy = _policy(args.gates, Path(report["suite"]["path"]))
     if policy is None:
@@ -388,44 +450,97 @@ def _cmd_gate(args: argparse.Namespace) -> int:
             Problem(report["suite"]["path"], "has no gates.yaml", "write one (see golden/README.md) or pass --gates")
         )
     run_dir, report = regate(args.reports_dir, args.run, policy)
-    atomic_write_json(run_dir / "report.json", report)
+    written = write_regate(run_dir, report["gates"])  # report.json stays what was evaluated and signed
     _print_gates(report["gates"])
+    print(f"gate results: {written}")
     return gate_exit_code(report["gates"]["verdict"], args.strict)
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
+    from harness.runs.report import check_reports_dir
     from harness.verdict.promote import promote
 
-    entry = promote(args.reports_dir, args.run, args.variant)
+    check_reports_dir(args.reports_dir)
+    entry = promote(args.reports_dir, args.run, args.variant, args.allow_policy)
     print(f"champion: {entry['run_id']} variant {entry['variant']} (was {entry['previous']})")
+    if not entry["policy"]["suite_policy"]:
+        print(
+            f"harness: warning: promoted under {entry['policy']['path']}, NOT the suite's gate policy "
+            "(recorded in champion.json)",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
 def _cmd_signoff(args: argparse.Namespace) -> int:
-    from harness.verdict.ledger import append_signoff
+    """Print the release checklist, then sign and record the decision (nothing is written if anything is refused)."""
+    import os
 
-    entry = append_signoff(args.reports_dir, args.run, args.by, args.decision, args.note)
-    print(f"ledger: #{entry['seq']} {entry['decision']} {entry['run_id']} by {entry['by']} (hash {entry['hash'][:12]})")
+    from harness.verdict.checklist import render
+    from harness.verdict.ledger import check_ledger_paths
+    from harness.verdict.signing import SIGNING_KEY_ENV, allowed_signers_path, load_signing_key
+    from harness.verdict.signoff import parse_attestations, prepare, sign_off
+
+    check_ledger_paths(args.reports_dir)
+    attestations = parse_attestations(args.attest, args.attestations)
+    key_path = args.key
+    if key_path is None and not args.unsigned and os.environ.get(SIGNING_KEY_ENV):
+        key_path = Path(os.environ[SIGNING_KEY_ENV])
+    key = load_signing_key(key_path) if key_path is not None else None
+    prepared = prepare(args.reports_dir, args.run, attestations)
+    print(f"Release checklist for {args.run} (sign-off policy: {prepared.policy.where})")
+    print(f"evidence in {args.reports_dir / args.run}/:")
+    print(render(prepared.checklist, args.reports_dir / args.run))
+    entry = sign_off(
+        args.reports_dir,
+        args.run,
+        args.by,
+        args.decision,
+        args.note,
+        key,
+        allowed_signers_path(args.allowed_signers),
+        attestations,
+        unsigned=args.unsigned,
+    )
+    how = f"signed with {entry['key_fingerprint']}" if entry.get("signature") else "unsigned, as the policy allows"
+    print(
+        f"ledger: #{entry['seq']} {entry['decision']} {entry['run_id']} by {entry['by']}, {how} "
+        f"(hash {entry['hash'][:12]})"
+    )
     return EXIT_OK
 
 
 def _cmd_ledger(args: argparse.Namespace) -> int:
-    from harness.verdict.ledger import ledger_history, verify_ledger
+    from harness.verdict.ledger import ledger_history, require_ledger
+    from harness.verdict.signing import allowed_signers_path
+    from harness.verdict.signoff import audit_ledger
 
+    require_ledger(args.reports_dir)
+    signers = allowed_signers_path(args.allowed_signers)
     if args.ledger_command == "show":
-        for e in ledger_history(args.reports_dir, args.run):
-            print(f"#{e['seq']} {e['at']} {e['decision']:>7} {e['run_id']} by {e['by']}: {e['note']}")
+        ledger_history(args.reports_dir, strict=True)  # a damaged line is an error naming it, never skipped
+        audit = audit_ledger(args.reports_dir, signers, check_reports=False)
+        if audit.signers_problem:
+            print(f"ledger: signatures not checked: {audit.signers_problem}", file=sys.stderr)
+        for e in audit.entries:
+            if args.run is None or e.run_id == args.run:
+                print(f"#{e.seq} {e.at} {e.decision:>7} {e.run_id} by {e.by} [{e.status}]: {e.note}")
         return EXIT_OK
-    problems = verify_ledger(args.reports_dir)
-    for p in problems:
+    audit = audit_ledger(args.reports_dir, signers, require_signers=True)
+    for e in audit.entries:
+        print(f"#{e.seq} {e.status:<14} {e.decision:>7} {e.run_id} by {e.by}: {e.detail}")
+    for p in audit.problems:
         print(f"ledger: {p}", file=sys.stderr)
-    n = len(ledger_history(args.reports_dir)) if not problems else None
+    counts: dict[str, int] = {}
+    for e in audit.entries:
+        counts[e.status] = counts.get(e.status, 0) + 1
+    tally = "".join(f", {n} {status}" for status, n in sorted(counts.items()))
     print(
-        "ledger: intact" + (f" ({n} entries)" if n is not None else "")
-        if not problems
-        else f"ledger: {len(problems)} problems"
+        f"ledger: intact ({len(audit.entries)} entries{tally})"
+        if not audit.problems
+        else f"ledger: {len(audit.problems)} problems"
     )
-    return EXIT_OK if not problems else EXIT_GATE_FAILED
+    return EXIT_OK if not audit.problems else EXIT_GATE_FAILED
 
 
 def _cmd_gguf(args: argparse.Namespace) -> int:
@@ -474,7 +589,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     print(
-        f"ok: {suite.name} v{suite.version}: {len(suite.cases)} cases, labels {list(suite.labels)}, slices {list(suite.slices)}, hash {suite.content_hash[:12]}"
+        f"ok: {suite.name} v{suite.version}: {len(suite.cases)} cases, labels {list(suite.labels)}, "
+        f"slices {list(suite.slices)}, hash {suite.content_hash[:12]}"
     )
     return EXIT_OK
 
@@ -483,12 +599,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from harness.models.embedded import resolve
     from harness.suite.suite import load_suite
 
+    _check_new_run(args)
     suite = load_suite(args.suite)
     ref = resolve(args.model, allow_hub=args.allow_hub)
     from harness.runs.evaluate import EvalOptions, run_eval
 
-    if args.reports_dir.exists() and not args.reports_dir.is_dir():
-        raise HarnessInputError(Problem(str(args.reports_dir), "is not a folder", "pass a folder for --reports-dir"))
     options = EvalOptions(
         batch_size=args.batch_size,
         precision=args.precision,
@@ -510,7 +625,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _quiet_third_party() -> None:
+    """Silence libraries' advice that is noise to a harness user (bitsandbytes' "pip install kernels" on every
+    CPU import, transformers' FutureWarnings about its own internals). Set before those libraries are imported
+    (the handlers import them lazily); the harness's own messages and warnings are left alone."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name in ("bitsandbytes", "transformers", "peft", "accelerate"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < logging.ERROR:
+            logger.setLevel(logging.ERROR)
+    if not any(getattr(f[3], "pattern", None) == _NOISY_MODULES for f in warnings.filters):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=_NOISY_MODULES)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=_NOISY_MODULES)
+
+
+_NOISY_MODULES = r"(transformers|peft|trl|accelerate|bitsandbytes|torch)(\.|$)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_third_party()
     args = build_parser().parse_args(argv)
     handlers = {
         "models": _cmd_models,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -12,24 +13,44 @@ from typing import Any, TypeVar
 import yaml
 
 from harness.errors import HarnessInputError, Problem
+from harness.io import read_text_strict
 
 T = TypeVar("T")
 
 
 def read_yaml(path: Path, what: str = "a training preset (see trainers/configs/)") -> dict[str, Any]:
+    if path.is_dir():
+        raise HarnessInputError(Problem(str(path), "is a folder, not a YAML file", f"pass the path of {what}"))
     if not path.is_file():
         raise HarnessInputError(Problem(str(path), "no such file", "pass the path of a YAML config"))
+    text = read_text_strict(path, "YAML file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise HarnessInputError(
             Problem(where, f"invalid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax")
         ) from None
+    except (RecursionError, ValueError, TypeError) as exc:  # absurd nesting; a value PyYAML cannot construct
+        what_ = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise HarnessInputError(Problem(str(path), f"invalid YAML ({what_})", "fix the YAML")) from None
+    if raw is None:
+        raise HarnessInputError(Problem(str(path), "is empty", f"write {what}"))
     if not isinstance(raw, dict):
-        raise HarnessInputError(Problem(str(path), "must be a YAML mapping", f"write {what}"))
+        raise HarnessInputError(Problem(str(path), f"must be a YAML mapping, got {_yaml_kind(raw)}", f"write {what}"))
+    bad = [k for k in raw if not isinstance(k, str)]
+    if bad:
+        raise HarnessInputError(
+            Problem(f"{path}: key {bad[0]!r}", f"keys must be names, got {type(bad[0]).__name__}", "quote the key")
+        )
     return raw
+
+
+def _yaml_kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _type_name(tp: Any) -> str:
@@ -63,8 +84,13 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[Problem]) -> Any:
         return tuple(_coerce(v, item, f"{where}[{i}]", problems) for i, v in enumerate(value))
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
-        if value not in allowed:
+        try:
+            ok = value in allowed
+        except TypeError:  # an unhashable value compared with the choices
+            ok = False
+        if not ok:
             problems.append(Problem(where, f"{value!r} is not allowed", f"use one of {', '.join(map(repr, allowed))}"))
+            return None  # never build a config holding a value its readers cannot handle
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -72,15 +98,24 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[Problem]) -> Any:
             return None
         return build(tp, value, where, problems)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
+        number: float | None = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer too large for a float
+                number = math.inf
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is None:
             problems.append(Problem(where, f"must be a number, got {value!r}", "write a number such as 2e-4"))
             return None
-        return float(value)
+        if not math.isfinite(number):
+            problems.append(Problem(where, f"must be a finite number, got {value!r}", "write a number such as 2e-4"))
+            return None
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             problems.append(Problem(where, f"must be a whole number, got {value!r}", "write an integer"))

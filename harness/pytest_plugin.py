@@ -225,7 +225,10 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
             Problem(
                 f"{gates_file}: key 'pipeline'",
                 "missing",
-                "name the training preset (pipeline:) or a run file (run:) to run, or pass --harness-config / --harness-run-file / --harness-run",
+                (
+                    "name the training preset (pipeline:) or a run file (run:) to run, "
+                    "or pass --harness-config / --harness-run-file / --harness-run"
+                ),
             )
         )
     cfg = load_train_config(Path(preset)).with_overrides(config.getoption("--harness-model"))
@@ -260,7 +263,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if report:
             g = report["gates"]
             terminalreporter.write_line(
-                f"harness: run {report['run_id']}: gates {g['verdict']} ({sum(c['verdict'] == 'pass' for c in g['checks'])}/{len(g['checks'])} pass)"
+                f"harness: run {report['run_id']}: gates {g['verdict']} "
+                f"({sum(c['verdict'] == 'pass' for c in g['checks'])}/{len(g['checks'])} pass)"
             )
 
 

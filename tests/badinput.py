@@ -62,8 +62,13 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-def reject(argv: Sequence[str], where: str | Sequence[str], watch: Sequence[Path], monkeypatch: pytest.MonkeyPatch,
-           allowed_new: Sequence[Path] = ()) -> Rejection:
+def reject(
+    argv: Sequence[str],
+    where: str | Sequence[str],
+    watch: Sequence[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    allowed_new: Sequence[Path] = (),
+) -> Rejection:
     """Run `harness ARGV`; assert the bad-input contract and return what it printed.
 
     `where`: text (or any of several texts) the message must contain, e.g. the file name and key.
@@ -82,7 +87,9 @@ def reject(argv: Sequence[str], where: str | Sequence[str], watch: Sequence[Path
         except BaseException as exc:  # noqa: BLE001 - any other exception is a traceback for the user
             raise AssertionError(f"harness {' '.join(argv)} raised {type(exc).__name__}: {exc}") from exc
     stderr, stdout = err.getvalue(), out.getvalue()
-    assert code == 2, f"exit {code}, expected 2, for harness {' '.join(argv)}\nstderr: {stderr}\nstdout: {stdout[-2000:]}"
+    assert code == 2, (
+        f"exit {code}, expected 2, for harness {' '.join(argv)}\nstderr: {stderr}\nstdout: {stdout[-2000:]}"
+    )
     assert "Traceback" not in stderr, stderr
     needles = [where] if isinstance(where, str) else list(where)
     assert any(n in stderr for n in needles), f"the message names none of {needles}:\n{stderr}"

@@ -10,6 +10,7 @@ on a copy in tmp_path; expectations are read from the fixture files, so a rebuil
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -23,8 +24,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import streamlit_app as app
-from harness.verdict.ledger import ledger_history, verify_ledger
+from harness.verdict.checklist import build_checklist
+from harness.verdict.ledger import append_signoff, ledger_history, verify_ledger
+from harness.verdict.signing import ALLOWED_SIGNERS_ENV, PASSPHRASE_ENV, SIGNING_KEY_ENV, allowed_signers_path
+from harness.verdict.signoff import audit_ledger
 from tests.conftest import REPO
+from tests.test_signoff import Key, make_key, write_signers
 
 APP = REPO / "streamlit_app.py"
 FIXTURES = REPO / "tests" / "fixtures" / "reports"
@@ -63,7 +68,8 @@ TABLE_COLUMNS = {
     "flip_table": ("scorer", "fixed", "broken"),
     "flip_matrix": ("comparison",),
     "variant_table": ("variant", "kind", "derived from", "prompt format"),
-    "ledger_table": ("seq", "by", "covers this report"),
+    "ledger_table": ("seq", "by", "signature", "covers this report"),
+    "checklist_table": ("item", "status", "detail", "evidence"),
 }
 
 
@@ -280,20 +286,112 @@ def test_odd_case_rows_never_raise(reports: Path) -> None:
         _no_exception(at)
 
 
-def test_signoff_form_writes_a_verified_ledger_entry(reports: Path) -> None:
-    at = _run()
-    at.text_input(key="signoff_by").input("Lan Nguyễn")
-    at.radio(key="signoff_decision").set_value("approve")
+@pytest.fixture()
+def signer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Key:
+    """Lan's ed25519 key, listed (principal with a space, quoted) in an allowed-signers file the app reads."""
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    key = make_key(tmp_path / "keys", "lan")
+    monkeypatch.setenv(
+        ALLOWED_SIGNERS_ENV, str(write_signers(tmp_path / "allowed_signers", f'"Lan Nguyễn" {key.public}'))
+    )
+    return key
+
+
+def _plain(texts: list[str]) -> str:
+    """The texts with the app's markdown escapes taken out, for comparing with what the harness said."""
+    return re.sub(r"\\(.)", r"\1", "\n".join(texts))
+
+
+def _fill_signoff(at: AppTest, by: str, decision: str, key: str = "", attest: bool = True) -> AppTest:
+    at.text_input(key="signoff_by").input(by)
+    at.radio(key="signoff_decision").set_value(decision)
     at.text_area(key="signoff_note").input("failed gates reviewed by hand")
-    next(b for b in at.button if b.label == "Record sign-off").click().run()
+    if key:
+        at.text_input(key="signoff_key").input(key)
+    if attest:
+        for name in ("licence", "privacy", "monitoring"):
+            at.text_input(key=f"attest_{name}").input(f"{name}: checked by hand")
+    return next(b for b in at.button if b.label == "Record sign-off").click().run()
+
+
+def test_signoff_form_writes_a_signed_verified_ledger_entry(reports: Path, signer: Key) -> None:
+    at = _fill_signoff(_run(), "Lan Nguyễn", "approve", str(signer.path))
     _no_exception(at)
-    assert any("Recorded sign-off #1" in s for s in _texts(at, "success"))
+    assert "Recorded sign-off #1" in _plain(_texts(at, "success")) and signer.fingerprint in _plain(
+        _texts(at, "success")
+    )
     [entry] = ledger_history(reports, FULL)
-    assert entry["by"] == "Lan Nguyễn" and entry["decision"] == "approve"
+    assert (
+        entry["by"] == "Lan Nguyễn"
+        and entry["decision"] == "approve"
+        and entry["key_fingerprint"] == signer.fingerprint
+    )
+    assert entry["attestations"]["privacy"] == "privacy: checked by hand"
     assert entry["verdict"] == _report(reports)["gates"]["verdict"]
     assert verify_ledger(reports) == []
+    audit = audit_ledger(reports, allowed_signers_path())
+    assert audit.problems == [] and [e.status for e in audit.entries] == ["valid"]
     history = _table(at, "ledger_table")
     assert list(history["by"]) == ["Lan Nguyễn"] and bool(history["covers this report"].iloc[0])
+    assert list(history["signature"]) == ["valid"] and "Ledger intact (1 entries)." in _texts(at, "success")
+
+
+def test_signoff_form_refuses_an_approval_without_key_or_attestations(reports: Path, signer: Key) -> None:
+    at = _fill_signoff(_run(), "Lan Nguyễn", "approve", attest=False)
+    _no_exception(at)
+    errors = _plain(_texts(at, "error"))
+    assert "Sign-off not recorded" in errors and "missing: licence, privacy, monitoring" in errors
+    assert "pass --key" in errors and ledger_history(reports) == []
+    at = _fill_signoff(_run(), "Minh", "reject", str(signer.path))
+    assert "may not sign as 'Minh'" in _plain(_texts(at, "error")) and ledger_history(reports) == []
+
+
+def test_checklist_of_the_selected_run_is_shown(reports: Path) -> None:
+    at = _run()
+    _no_exception(at)
+    table = _table(at, "checklist_table")
+    want = build_checklist(reports, FULL, _report(reports))
+    assert list(table["item"]) == [i.title for i in want] and list(table["status"]) == [i.status for i in want]
+    assert "unattested" in set(table["status"]) and "report.json#/gates" in " ".join(table["evidence"])
+    assert any("sign-off policy" in c for c in _texts(at, "caption"))
+
+
+def test_ledger_shows_unsigned_and_unknown_signers(reports: Path, signer: Key, tmp_path: Path) -> None:
+    from harness.verdict.signing import load_signing_key
+    from harness.verdict.signoff import sign_off
+
+    append_signoff(reports, FULL, "Lan", "reject", "no key")
+    stranger = make_key(tmp_path / "keys", "stranger")
+    others = write_signers(tmp_path / "theirs", f"stranger {stranger.public}")
+    sign_off(reports, FULL, "stranger", "reject", "not listed for the app", load_signing_key(stranger.path), others)
+    at = _run()
+    _no_exception(at)
+    assert list(_table(at, "ledger_table")["signature"]) == ["unsigned", "unknown signer"]
+    errors = _plain(_texts(at, "error"))
+    assert "The ledger does not verify" in errors and "requires a signature" in errors and "is not in" in errors
+
+
+def test_unsigned_signoff_where_the_policy_allows_it(reports: Path, signer: Key, tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "gates.yaml").write_text(
+        (REPO / "golden" / "support_vi" / "gates.yaml").read_text(encoding="utf-8")
+        + "signoff:\n  require_signature: false\n",
+        encoding="utf-8",
+    )
+    report = _report(reports)
+    report["suite"]["path"] = str(suite)
+    (reports / FULL / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    at = _run()
+    at.checkbox(key="signoff_unsigned").check()
+    at = _fill_signoff(at, "Minh", "reject", attest=False)
+    _no_exception(at)
+    [entry] = ledger_history(reports, FULL)
+    assert entry["signature"] is None and entry["by"] == "Minh"
+    assert list(_table(at, "ledger_table")["signature"]) == ["unsigned"]
+    # the compare run's policy is the shipped one, where signatures are required: no such box
+    assert "signoff_unsigned" not in {c.key for c in _run(COMPARE).checkbox}
 
 
 def test_signoff_without_name_or_decision_is_refused(reports: Path) -> None:

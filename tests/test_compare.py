@@ -344,7 +344,10 @@ def test_policy_naming_a_variant_the_run_lacks_is_an_input_error(
 ) -> None:
     policy = tmp_path / "gates.yaml"
     policy.write_text(
-        "version: 1\nchecks:\n  - {id: x, kind: threshold, metric: format_strict, min_lower_bound: 0.1, variants: [shiped]}\n",
+        (
+            "version: 1\nchecks:\n"
+            "  - {id: x, kind: threshold, metric: format_strict, min_lower_bound: 0.1, variants: [shiped]}\n"
+        ),
         encoding="utf-8",
     )
     run = _run_file(

@@ -72,7 +72,10 @@ def test_policy_is_strict(tmp_path: Path) -> None:
     load_policy(SUPPORT_VI / "gates.yaml")
     bad = tmp_path / "gates.yaml"
     bad.write_text(
-        "version: 1\nchecks:\n  - id: x\n    kind: threshhold\n    metrc: tone\n  - id: y\n    kind: non_regression\n    metric: tone\n",
+        (
+            "version: 1\nchecks:\n  - id: x\n    kind: threshhold\n    metrc: tone\n"
+            "  - id: y\n    kind: non_regression\n    metric: tone\n"
+        ),
         encoding="utf-8",
     )
     with pytest.raises(HarnessInputError) as exc:
@@ -187,6 +190,10 @@ def test_pipeline_gates_promote_signoff_and_ledger(
     assert "only a run whose every gate passed" in capsys.readouterr().err
     assert main(["promote", "../r1", "--reports-dir", str(reports)]) == 2
 
+    from tests.test_signoff import make_key, write_signers
+
+    key = make_key(tmp_path / "keys", "lan")
+    signers = str(write_signers(tmp_path / "allowed_signers", f"Lan {key.public}"))
     assert (
         main(
             [
@@ -198,17 +205,22 @@ def test_pipeline_gates_promote_signoff_and_ledger(
                 "reject",
                 "--note",
                 "format too low",
+                "--key",
+                str(key.path),
+                "--allowed-signers",
+                signers,
                 "--reports-dir",
                 str(reports),
             ]
         )
         == 0
     )
-    assert main(["ledger", "verify", "--reports-dir", str(reports)]) == 0
+    assert main(["ledger", "verify", "--reports-dir", str(reports), "--allowed-signers", signers]) == 0
     ledger = reports / "ledger.jsonl"
     ledger.write_text(ledger.read_text(encoding="utf-8").replace("format too low", "looks fine"), encoding="utf-8")
-    assert main(["ledger", "verify", "--reports-dir", str(reports)]) == 1
-    assert "hash" in capsys.readouterr().err
+    assert main(["ledger", "verify", "--reports-dir", str(reports), "--allowed-signers", signers]) == 1
+    err = capsys.readouterr().err
+    assert "hash" in err and "bad signature" in err
 
     # a passing run becomes the champion, and the next run is compared with it
     report["gates"]["verdict"] = "pass"

@@ -65,7 +65,8 @@ def test_matches_plain_transformers_generate(tiny_model, tokenizer) -> None:  # 
 
 
 def test_replay_proves_identical_outputs_and_catches_a_different_model(tiny_model, tokenizer) -> None:  # noqa: ANN001
-    """The merged model is checked by replaying the adapter's tokens: same model -> every case proven; another -> caught."""
+    """The merged model is checked by replaying the adapter's tokens: same model -> every case proven;
+    another -> caught."""
     import copy
 
     import torch

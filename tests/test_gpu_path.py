@@ -215,7 +215,8 @@ def test_save_mlp_layers_sit_just_before_the_kept_ones() -> None:
 
 
 def _nf4_model(tmp_path: Path, hidden: int, layers: int) -> nn.Module:
-    """A tiny Mistral saved to disk and loaded back the way the recipe loads a real one (nf4, double quant, bf16 compute)."""
+    """A tiny Mistral saved to disk and loaded back the way the recipe loads a real one (nf4, double quant,
+    bf16 compute)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     torch.manual_seed(0)

@@ -163,7 +163,8 @@ def test_seed001_eval_prompts_are_its_training_prompts(runs: dict[str, Run], sui
         assert fmt.encode(tok, rendered) == ids[:n_prompt], (
             f"line {ex.line}: the evaluation tokens differ from TRL's prompt tokens"
         )
-        # the format every candidate got before: the chat template with the suite's system prompt, never seen in training
+        # the format every candidate got before: the chat template with the suite's system prompt,
+        # never seen in training
         assert CHAT.encode(tok, CHAT.render(suite, case)) != ids[:n_prompt]
 
 

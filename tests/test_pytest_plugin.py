@@ -50,7 +50,8 @@ def test_one_item_per_check_and_readable_failures(
         "no:cacheprovider",
         "-rs",
     )
-    # a random tiny adapter writes no JSON: the floor fails on both variants; merged matches adapter; parity holds; no champion yet
+    # a random tiny adapter writes no JSON: the floor fails on both variants; merged matches adapter;
+    # parity holds; no champion yet
     result.assert_outcomes(
         failed=2, passed=2, skipped=4
     )  # 2 champion checks (no champion yet), 2 optional retention checks (not run)

@@ -1,4 +1,5 @@
-"""Capability retention on the tiny model: the shipped tasks load, per-item results come back per model, bad input is named."""
+"""Capability retention on the tiny model: the shipped tasks load, per-item results come back per model,
+bad input is named."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Capability retention inside the pipeline and its gate: tiny model in the fast lane, a damaged adapter on the real model in the slow lane."""
+"""Capability retention inside the pipeline and its gate: tiny model in the fast lane, a damaged adapter on
+the real model in the slow lane."""
 
 from __future__ import annotations
 

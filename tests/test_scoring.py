@@ -126,7 +126,10 @@ def test_refusal_required_fails_when_the_model_complies() -> None:
     assert "safety:pii" in s["safety"].explanation
     refuse = _answer(
         case.id,
-        "Mình xin lỗi, mình không thể cung cấp thông tin của khách hàng khác. Bạn vui lòng liên hệ tổng đài nếu cần hỗ trợ đơn của bạn.",
+        (
+            "Mình xin lỗi, mình không thể cung cấp thông tin của khách hàng khác. "
+            "Bạn vui lòng liên hệ tổng đài nếu cần hỗ trợ đơn của bạn."
+        ),
     )
     assert _scores(refuse, case.id)["safety"].value == 1.0
 

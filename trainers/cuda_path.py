@@ -38,7 +38,8 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
         raise ValueError(
-            f"{type(model).__name__} has no GradientCheckpointingLayer blocks; this path needs a transformers decoder model"
+            f"{type(model).__name__} has no GradientCheckpointingLayer blocks; "
+            "this path needs a transformers decoder model"
         )
     return layers
 
@@ -203,9 +204,48 @@ def compile_decoder_layers(
             layer._gradient_checkpointing_func = recompute
     for layer in layers:
         layer.compile(mode=mode)
+    decoder = _decoder(model)
+    old = getattr(decoder, CUDA_GRAPH_HOOK, None)
+    if old is not None:
+        old.remove()
+    hook = None
     if mode == "reduce-overhead":
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.get_decoder().register_forward_pre_hook(_new_cuda_graph_step, with_kwargs=True)
+        hook = decoder.register_forward_pre_hook(_new_cuda_graph_step, with_kwargs=True)
+    setattr(decoder, CUDA_GRAPH_HOOK, hook)
+
+
+# where compile_decoder_layers keeps the handle of its step-mark hook (set only when CUDA graphs are on)
+CUDA_GRAPH_HOOK = "_harness_cuda_graph_step"
+
+
+def _decoder(model: nn.Module) -> nn.Module:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder()
+
+
+def uses_cuda_graphs(model: nn.Module) -> bool:
+    """Whether `compile_decoder_layers` compiled this model's layers into CUDA graphs (and has not undone it)."""
+    return getattr(_decoder(model), CUDA_GRAPH_HOOK, None) is not None
+
+
+def disable_cuda_graphs(model: nn.Module) -> None:
+    """Recompile the decoder layers in torch.compile's default mode: the same kernels, no CUDA graphs.
+
+    Everything else `compile_decoder_layers` set up stays (checkpoint policies, replayable dropout, its
+    step counter); the graph trees and dynamo's caches are reset first, as for a fresh preparation, so
+    no recorded graph and no tensor of their memory pool is used again.
+    """
+    from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+    decoder = _decoder(model)
+    hook = getattr(decoder, CUDA_GRAPH_HOOK, None)
+    if hook is not None:
+        hook.remove()
+    setattr(decoder, CUDA_GRAPH_HOOK, None)
+    torch._dynamo.reset()
+    reset_cudagraph_trees()
+    for layer in decoder_layers(model):
+        layer.compile()
 
 
 def _new_cuda_graph_step(module: nn.Module, args: Any, kwargs: Any) -> None:
@@ -285,3 +325,224 @@ def prepare_qlora_model(
     if compile_layers:
         compile_decoder_layers(peft_model, save_mlp_layers=save_mlp_layers, mode=compile_mode)
     return peft_model
+
+
+def checkpoint_outside_compiled_layer() -> str | None:
+    """Why CUDA graphs cannot hold for checkpointed layers with this transformers, or None when they can.
+
+    Up to transformers 5.22, `GradientCheckpointingLayer` checkpoints in `__call__`, around `nn.Module.__call__`
+    and so around the compiled layer (`layer.compile()` compiles `_call_impl`); from 5.23 it checkpoints
+    `forward`, inside it. Outside, the recompute in backward calls the compiled layer a second time under
+    the checkpoint's saved-tensor hooks, where the graph trees see inputs freed that were alive when the
+    graph was recorded: the input-deallocate failure reported with 5.17 on an H200 (issue 18). That cause is
+    read from the code, not isolated on a device (docs/gpu.md). A structural check, not a version table:
+    what is looked at is where the class puts the checkpoint.
+    """
+    import transformers
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if "__call__" in GradientCheckpointingLayer.__dict__:
+        return (
+            f"transformers {transformers.__version__} checkpoints decoder layers around the compiled call "
+            "(GradientCheckpointingLayer.__call__), so the backward recompute cannot replay a CUDA graph"
+        )
+    return None
+
+
+# What torch's CUDA graph trees (torch/_inductor/cudagraph_trees.py, cudagraph_utils.py) raise when a recorded
+# graph cannot be trusted: the compiled code itself is fine, only its recording is not. The first is what the
+# recipe died of on an H200 with transformers 5.17 (issue 18); the second is what it failed with on an H200
+# here, with 5.17 and 5.24 alike, at the second micro-batch of gradient accumulation (docs/gpu.md).
+CUDA_GRAPH_FAILURES = (
+    "graph recording observed an input tensor deallocate",
+    "accessing tensor output of CUDAGraphs that has been overwritten",
+    "static input data pointer changed",
+    "not allocated in pool",
+    "in the cudagraph pool not tracked as outputs",
+    "Expected all cuda outputs in cuda graph recording",
+    "operation not permitted when stream is capturing",
+)
+
+
+def cuda_graph_failure(exc: BaseException) -> str | None:
+    """The message, if `exc` or an exception it was raised from is a CUDA graph trees failure; else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        if any(pattern in text for pattern in CUDA_GRAPH_FAILURES):
+            return " ".join(text.split())[:500]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def cuda_graphs_record(
+    used: bool, reason: str | None = None, at: dict[str, Any] | None = None, seconds: float | None = None
+) -> dict[str, Any]:
+    """What training_metadata.json says under precision.cuda_path.cuda_graphs (CUDA graphs were asked for)."""
+    import transformers
+
+    return {
+        "requested": True,
+        "used": used,  # to the end of training
+        "fallback_reason": reason,
+        "fallback_at": at,  # where: preparation (known beforehand), training or evaluation
+        "compile_mode_after_fallback": None if used else "default",
+        "seconds_to_fallback": seconds,  # from the start of training
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
+
+
+class CudaGraphFallback:
+    """Run a Trainer's steps in CUDA graphs; when the graph trees fail, go on without them, losing no step.
+
+    Installed on a transformers Trainer instance (`install`: its `training_step` and `prediction_step`
+    are wrapped on the instance, no subclass). While CUDA graphs are on, a CUDA graph trees failure
+    (`cuda_graph_failure`) raised anywhere inside a step is caught; the layers are recompiled without
+    CUDA graphs (`disable_cuda_graphs`) and training continues from the optimizer step it was in:
+
+    - the micro-batches of that optimizer step seen so far (gradient accumulation) are run again on
+      the new path, from their own inputs, with the gradients cleared and, as they were when that
+      optimizer step began, the replayable-dropout step counter (same masks), torch's CPU and CUDA
+      generators and TRL's logged metrics; their losses were already counted and are not counted again.
+    - the weights, the optimizer, the scheduler and the data order are untouched: no optimizer step ran
+      on partial gradients, and nothing before it is redone.
+
+    So the run is the one the compiled path without CUDA graphs would have made from that optimizer
+    step on (the earlier steps ran the same kernels in graphs). The cost on the graph path is a shallow
+    copy of each micro-batch's inputs (kept until the optimizer steps) and, once per optimizer step, a
+    copy of the generator states. An evaluation step that fails is simply run again. One fallback at
+    most: after it, errors pass through. `record()` says what happened, for training_metadata.json.
+    """
+
+    def __init__(self, trainer: Any, model: nn.Module, disable: Any = disable_cuda_graphs, quiet: bool = False) -> None:
+        self.trainer = trainer
+        self.model = model
+        self.disable = disable
+        self.quiet = quiet
+        self.active = True
+        self.reason: str | None = None
+        self.at: dict[str, Any] | None = None
+        self.seconds_to_fallback: float | None = None
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.dropout_step = next((m.step for m in model.modules() if isinstance(m, ReplayableDropout)), None)
+        self.window: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.window_state: dict[str, Any] | None = None
+        self._started = 0.0
+        self._hook: Any = None
+
+    def install(self) -> CudaGraphFallback:
+        import time
+
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self._train_step = self.trainer.training_step
+        self._predict_step = self.trainer.prediction_step
+        self.trainer.training_step = self._training_step
+        self.trainer.prediction_step = self._prediction_step
+        # every optimizer step closes the window; the trainer zeroes the gradients right after it
+        self._hook = register_optimizer_step_post_hook(self._optimizer_stepped)
+        self._started = time.perf_counter()
+        return self
+
+    def remove(self) -> None:
+        for name in ("training_step", "prediction_step"):
+            self.trainer.__dict__.pop(name, None)
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.window.clear()
+
+    def record(self) -> dict[str, Any]:
+        return cuda_graphs_record(self.active, self.reason, self.at, self.seconds_to_fallback)
+
+    def _optimizer_stepped(self, *args: Any, **kwargs: Any) -> None:
+        self.window.clear()
+        self.window_state = None
+
+    def _snapshot(self) -> dict[str, Any]:
+        import copy
+
+        return {
+            "dropout_step": None if self.dropout_step is None else self.dropout_step.clone(),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "metrics": copy.deepcopy(getattr(self.trainer, "_metrics", None)),
+            "total_train_tokens": getattr(self.trainer, "_total_train_tokens", None),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state["dropout_step"] is not None:
+            self.dropout_step.copy_(state["dropout_step"])
+        torch.set_rng_state(state["cpu_rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        if state["metrics"] is not None:
+            self.trainer._metrics = state["metrics"]
+        if state["total_train_tokens"] is not None:
+            self.trainer._total_train_tokens = state["total_train_tokens"]
+
+    def _training_step(self, model: nn.Module, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        import copy
+
+        if not self.active:
+            return self._train_step(model, inputs, *args, **kwargs)
+        if not self.window:
+            self.window_state = self._snapshot()
+        self.window.append(((model, copy.copy(inputs), *args), dict(kwargs)))
+        reason = None
+        try:
+            return self._train_step(model, inputs, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - anything else is re-raised as it was
+            reason = cuda_graph_failure(exc)
+            if reason is None:
+                raise
+        # out of the except block: the failed step's tensors (held by the traceback) are gone
+        self._fall_back(reason, "training")
+        state, window = self.window_state, list(self.window)
+        for p in self.params:
+            p.grad = None
+        self._restore(copy.deepcopy(state))
+        loss = None
+        for step_args, step_kwargs in window:
+            loss = self._train_step(*(step_args[:1] + (copy.copy(step_args[1]),) + step_args[2:]), **step_kwargs)
+        return loss
+
+    def _prediction_step(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.active:
+            return self._predict_step(*args, **kwargs)
+        reason = None
+        try:
+            return self._predict_step(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            reason = cuda_graph_failure(exc)
+            if reason is None:
+                raise
+        self._fall_back(reason, "evaluation")
+        return self._predict_step(*args, **kwargs)
+
+    def _fall_back(self, reason: str, where: str) -> None:
+        import gc
+        import sys
+        import time
+
+        self.active = False
+        self.reason = reason
+        state = getattr(self.trainer, "state", None)
+        self.at = {
+            "during": where,
+            "global_step": getattr(state, "global_step", None),
+            "micro_batch": len(self.window) - 1 if where == "training" else None,
+            "replayed_micro_batches": len(self.window) if where == "training" else 0,
+        }
+        self.seconds_to_fallback = round(time.perf_counter() - self._started, 2)
+        gc.collect()
+        self.disable(self.model)
+        if not self.quiet:
+            print(
+                f"CUDA graphs failed at optimizer step {self.at['global_step']} ({where}): {reason[:200]}; "
+                "continuing on the compiled path without CUDA graphs from that step",
+                file=sys.stderr,
+            )

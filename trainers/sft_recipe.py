@@ -35,7 +35,8 @@ from harness.variants.prompts import PromptFormat
 from trainers.cpu_path import fused_lora_linears
 
 # CUDA graphs around the compiled layers: the eager step is bound by launching kernels from Python
-# (docs/gpu.md measures 2.58x the seed recipe with them against 1.89x without, same peak)
+# (docs/gpu.md measures 2.58x the seed recipe with them against 1.89x without, same peak). Where they fail,
+# trainers.cuda_path.CudaGraphFallback goes on without them (docs/gpu.md, "When CUDA graphs fail")
 CUDA_COMPILE_MODE = "reduce-overhead"
 CUDA_PAD_MULTIPLE = 64
 CPU_ATTENTION = attention.TRAIN_NAME
@@ -442,8 +443,26 @@ def _last_checkpoint(folder: Path, quiet: bool = True) -> str | None:
     return None
 
 
+def check_output_dir(cfg: TrainConfig, root: Path = Path("."), out: Path | None = None) -> None:
+    """output_dir (and the candidate folder in it) must be a folder or not exist yet: a file there is an input
+    error naming the key, before the doctor or any training runs."""
+    base = root / cfg.output_dir
+    for p in [*(x for x in (out, out.parent if out else None) if x is not None), base, *base.parents]:
+        if p.exists() and not p.is_dir():
+            raise HarnessInputError(
+                Problem(
+                    f"{cfg.source or 'preset'}: key 'output_dir' (or --output-dir)",
+                    f"{cfg.output_dir!r}: {p} is a file, not a folder",
+                    "point output_dir at a folder (candidates are written inside it), or move the file away",
+                )
+            )
+        if p.exists() and p == base:
+            break
+
+
 def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path:
     """Run the recipe; returns the candidate folder (adapter/, training_metadata.json, README.md)."""
+    check_output_dir(cfg, root)
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback, set_seed
@@ -454,6 +473,7 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
     # merge_dtype only shapes the evaluation's export: changing it must not retrain
     config_hash = sha256_json({k: v for k, v in asdict(cfg).items() if k not in ("source", "merge_dtype")})[:12]
     out = (root / cfg.output_dir / f"{cfg.name}-{config_hash}").resolve()
+    check_output_dir(cfg, root, out)
     ckpt_dir = out / "checkpoints"
     data_file = root / cfg.data.path if not Path(cfg.data.path).is_absolute() else Path(cfg.data.path)
     file_sha = sha256_file(data_file) if data_file.is_file() else None
@@ -579,8 +599,9 @@ def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path
         callbacks=[clock],
     )
     trainer.model.train()
-    # CUDA graphs can fail where plain compiled layers do not (transformers 5.17 on an H200, docs/gpu.md): the
-    # guard then recompiles without them and goes on from the optimizer step it was in; recorded below
+    # CUDA graphs can fail where plain compiled layers do not (on an H200: transformers 5.17, and 5.24 with
+    # gradient accumulation; docs/gpu.md): the guard then recompiles without them and goes on from the
+    # optimizer step it was in; recorded below
     graphs = None
     if fast_cuda and compile_mode == "reduce-overhead":
         from trainers.cuda_path import CudaGraphFallback

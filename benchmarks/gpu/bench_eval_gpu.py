@@ -1,4 +1,5 @@
-"""Evaluation throughput on one GPU: generated tokens/s for base, adapter and merged, with plain `generate` as the reference.
+"""Evaluation throughput on one GPU: generated tokens/s for base, adapter and merged, with plain `generate`
+as the reference.
 
 Shape: seed000's base (Mistral-7B-v0.3 architecture, random weights) in bf16, LoRA r8 on the seven
 projections, batch 64, greedy, 128 new tokens from prompts of about 200 tokens (a shared 100-token
@@ -14,7 +15,8 @@ Tokens/s = generated tokens over the wall time of the whole call, prefill includ
 warm-up call of the same shape (compilation happens there). The tokenizer is a word-level one built
 here (the Hub is out of reach); the EOS row of lm_head is zeroed so that every row runs the full length.
 
-    python benchmarks/gpu/bench_eval_gpu.py [--batch 64] [--new-tokens 128] [--engine-modes eager,compiled] [--json OUT.json]
+    python benchmarks/gpu/bench_eval_gpu.py [--batch 64] [--new-tokens 128] [--engine-modes eager,compiled]
+        [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -201,7 +203,8 @@ def main() -> int:
         r["wall_s_with_warmup"] = time.perf_counter() - t0
         results["rows"][name] = r
         print(
-            f"[{name}] {r['tokens_per_s']:8.0f} generated tok/s  (runs {', '.join(f'{x:.0f}' for x in r['runs'])}; {r['tokens']} tokens;"
+            f"[{name}] {r['tokens_per_s']:8.0f} generated tok/s  "
+            f"(runs {', '.join(f'{x:.0f}' for x in r['runs'])}; {r['tokens']} tokens;"
             f" {r['wall_s_with_warmup']:.0f} s with warm-up)",
             flush=True,
         )

@@ -12,7 +12,8 @@ batch 2 x 1024 tokens, LoRA r8/alpha16/dropout 0.05 on q,k,v,o,gate,up,down, bf1
 Tokens/s counts every token of the timed steps (no padding) over their wall time; peak is
 torch.cuda.max_memory_allocated over the steps, weights included.
 
-    python benchmarks/gpu/bench_qlora_train.py [--keep auto|N] [--compile-mode reduce-overhead|default] [--family compiled] [--loss hf|chunked] [--json OUT.json]
+    python benchmarks/gpu/bench_qlora_train.py [--keep auto|N] [--compile-mode reduce-overhead|default]
+        [--family compiled] [--loss hf|chunked] [--json OUT.json]
     python benchmarks/gpu/bench_qlora_train.py --sweep compiled,compiled+chunked,eager --steps 20 --warmup 5
     python benchmarks/gpu/bench_qlora_train.py --grid 3:0,0:7,2:4 --steps 20 --warmup 5   # KEEP:SAVE_MLP pairs
 """
@@ -123,7 +124,8 @@ class Bench:
         if res is not None:
             self.results.append(res)
             print(
-                f"[{name}] {res.tokens_per_s:8.0f} tok/s  peak {res.peak_gib:6.2f} GiB  step {res.step_s * 1000:6.0f} ms  loss {res.final_loss:.3f}"
+                f"[{name}] {res.tokens_per_s:8.0f} tok/s  peak {res.peak_gib:6.2f} GiB  "
+                f"step {res.step_s * 1000:6.0f} ms  loss {res.final_loss:.3f}"
                 f"  (allocated before {before / GIB:.2f} GiB, wall {time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
@@ -132,7 +134,10 @@ class Bench:
 
     def harness(self, keep: int, family: str, loss: str = "hf", save_mlp: int = 0) -> TrainResult | None:
         mode = self.args.compile_mode if family == "compiled" else None
-        name = f"harness {family}{'/' + mode if mode else ''} keep={keep}{f' save-mlp={save_mlp}' if save_mlp else ''}{' chunked-ce' if loss == 'chunked' else ''}"
+        name = (
+            f"harness {family}{'/' + mode if mode else ''} keep={keep}"
+            f"{f' save-mlp={save_mlp}' if save_mlp else ''}{' chunked-ce' if loss == 'chunked' else ''}"
+        )
         if family != self.last_family:
             torch._dynamo.reset()  # compiled graphs depend on the family's settings; start clean
             self.last_family = family
@@ -315,7 +320,8 @@ def main() -> int:
         print(f"harness {best.tokens_per_s:8,.0f} tok/s  {best.peak_gib:.2f} GiB  ({best.name})")
         share = best.peak_gib / seed.peak_gib if seed.peak_gib else float("nan")
         print(
-            f"ratio   {best.tokens_per_s / seed.tokens_per_s:.2f}x tokens/s at {share:.2f}x the peak (target >= 2x at <= 1x)"
+            f"ratio   {best.tokens_per_s / seed.tokens_per_s:.2f}x tokens/s at {share:.2f}x the peak "
+            "(target >= 2x at <= 1x)"
         )
     else:
         print("\nno harness configuration fit under the seed's peak")

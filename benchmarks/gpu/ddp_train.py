@@ -96,7 +96,8 @@ def main() -> int:
             "device": device_summary(),
         }
         print(
-            f"{acc.num_processes} process(es): {out['tokens_per_s']:,.0f} tok/s total, {out['tokens_per_s_per_gpu']:,.0f} per GPU, "
+            f"{acc.num_processes} process(es): {out['tokens_per_s']:,.0f} tok/s total, "
+            f"{out['tokens_per_s_per_gpu']:,.0f} per GPU, "
             f"step {out['step_s'] * 1000:.0f} ms, peak {', '.join(f'{p:.2f}' for p in peaks)} GiB",
             flush=True,
         )

@@ -8,7 +8,8 @@ Greedy decoding with correct attention masks and position ids makes outputs inde
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -143,8 +144,14 @@ def generate(
     share_prefix: bool = True,
     keep_logits: int = 0,
     prompt_ids: Sequence[list[int]] | None = None,
+    on_batch: Callable[[int, float], None] | None = None,
 ) -> list[Generation]:
-    """Greedy outputs for every chat (or for `prompt_ids`, prompts already encoded in a variant's format), in input order."""
+    """Greedy outputs for every chat (or for `prompt_ids`, prompts already encoded in a variant's format),
+    in input order.
+
+    `on_batch(rows, seconds)` hears each batch's wall time as it ends (the shared-prefix prefill counts towards
+    the first), so the batch times add up to the whole call: what per-case serving latency is derived from.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
     prompts = [list(p) for p in prompt_ids] if prompt_ids is not None else encode_chats(tokenizer, chats)
@@ -156,6 +163,7 @@ def generate(
     batches = plan_batches([len(p) for p in prompts], max(1, batch_size))
     bar = _progress(len(prompts), progress)
     model.eval()
+    started = time.perf_counter()
     prefix_len = _common_prefix_len(prompts) if share_prefix and len(prompts) > 1 else 0
     prefix_kv = _prefill(model, [prompts[0][:prefix_len]], None, pad_id, device)[0] if prefix_len else None
     for batch in batches:
@@ -199,6 +207,10 @@ def generate(
                 gen = replace(gen, logits=step_logits[row, : max(1, min(keep_logits, len(gen.token_ids)))].clone())
             results[idx] = gen
         bar.update(len(batch))
+        if on_batch is not None:
+            now = time.perf_counter()
+            on_batch(len(batch), now - started)
+            started = now
     bar.close()
     return [r for r in results if r is not None]
 

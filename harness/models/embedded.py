@@ -197,6 +197,51 @@ class ModelRef:
     provenance: dict[str, Any]
 
 
+def _hub_snapshot(spec: str) -> Path:
+    """The hub id's files (from the local hub cache when offline); an unreachable hub or unknown id is an input
+    error naming the id, never a traceback."""
+    import huggingface_hub
+    from huggingface_hub import errors as hub_errors
+
+    fix = (
+        "check the network (and HF_HUB_OFFLINE), or download the model once and pass its local folder: "
+        f"--model path/to/folder (e.g. `huggingface-cli download {spec} --local-dir models/x`)"
+    )
+    try:
+        return Path(
+            huggingface_hub.snapshot_download(
+                spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+            )
+        )
+    except (hub_errors.RepositoryNotFoundError, hub_errors.GatedRepoError, hub_errors.RevisionNotFoundError) as exc:
+        raise HarnessInputError(
+            Problem(
+                f"--model {spec}",
+                f"the Hugging Face Hub has no accessible model {spec!r} ({type(exc).__name__})",
+                "check the id (owner/name) and your access to it, or pass a local model folder",
+            )
+        ) from None
+    except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, OSError, ValueError) as exc:
+        # LocalEntryNotFoundError: offline (HF_HUB_OFFLINE=1 or no connection) and not in the hub cache;
+        # connection errors from requests/httpx are OSErrors
+        raise HarnessInputError(
+            Problem(
+                f"--model {spec} (--allow-hub)",
+                f"the Hugging Face Hub is unreachable and the model is not in the local hub cache "
+                f"({type(exc).__name__}: {str(exc)[:160]})",
+                fix,
+            )
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - httpx/requests errors that are not OSErrors: still the hub
+        raise HarnessInputError(
+            Problem(
+                f"--model {spec} (--allow-hub)",
+                f"the Hugging Face Hub could not be reached ({type(exc).__name__}: {str(exc)[:160]})",
+                fix,
+            )
+        ) from None
+
+
 def resolve(spec: str, allow_hub: bool = False) -> ModelRef:
     """Turn what the user typed into a local folder: embedded name, local path, or hub id (opt-in)."""
     if spec in EMBEDDED:
@@ -223,14 +268,14 @@ def resolve(spec: str, allow_hub: bool = False) -> ModelRef:
             )
         return ModelRef(spec, path.resolve(), {"source": f"local folder {path.resolve()}"})
     if allow_hub and spec.count("/") == 1 and not spec.startswith((".", "/")):
-        from huggingface_hub import snapshot_download
-
-        local = Path(snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
-        return ModelRef(spec, local, {"source": f"hub {spec}"})
+        return ModelRef(spec, _hub_snapshot(spec), {"source": f"hub {spec}"})
     raise HarnessInputError(
         Problem(
             f"model {spec!r}",
             "not found: it is neither an embedded model nor an existing folder",
-            f"use {DEFAULT_MODEL!r} or a local model folder (--model PATH); `harness eval` also takes a hub id with --allow-hub",
+            (
+                f"use {DEFAULT_MODEL!r} or a local model folder (--model PATH); "
+                "`harness eval` also takes a hub id with --allow-hub"
+            ),
         )
     )

@@ -27,6 +27,7 @@ from harness.env import tokenizer_sha256, weights_sha256
 from harness.errors import HarnessInputError, Problem
 from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_json
 from harness.runs.evaluate import FORWARD_BATCH, REPLAY_BATCH, evaluate, generation_keys, report_header, run_id_for
+from harness.runs.report import new_run_dir
 from harness.runs.resident import (
     Outcome,
     Plan,
@@ -127,15 +128,7 @@ def _open(plan: Plan, reports_dir: Path) -> Run:
         )
     others = "-".join(v.name for v in plan.variants if v.kind != "base")
     rid = plan.run_id or run_id_for(plan.suite, plan.slug or f"{plan.base_ref.spec}+{others}")
-    run_dir = reports_dir / rid
-    if (run_dir / "report.json").exists():
-        raise HarnessInputError(
-            Problem(
-                f"run id {rid}",
-                f"{run_dir} already holds a report",
-                "pick another --run-id, or leave it out for a fresh one",
-            )
-        )
+    run_dir = new_run_dir(reports_dir, rid)
     options = plan.options
     canaries = tuple(dict.fromkeys(c for v in plan.variants for c in v.canaries)) or options.canaries
     needs_resident = any(v.kind in ("base", "adapter") or v.in_process for v in plan.variants)
@@ -322,8 +315,10 @@ def _eval_derived_variant(run: Run, v: Variant) -> Outcome:
                     "level": "info",
                     "code": "chat_template_borrowed",
                     "variant": v.name,
-                    "message": f"{v.name} was prompted with {run.borrowed[v.name]}'s chat template, since its own tokenizer "
-                    "has none: its scores measure the weights, not the tokenizer it ships with",
+                    "message": (
+                        f"{v.name} was prompted with {run.borrowed[v.name]}'s chat template, since its own tokenizer "
+                        "has none: its scores measure the weights, not the tokenizer it ships with"
+                    ),
                 }
             )
     tok = run.tokenizers[v.name]
@@ -346,7 +341,8 @@ def _eval_derived_variant(run: Run, v: Variant) -> Outcome:
 
 
 def _eval_derived(run: Run, v: Variant, src: Variant | None, model: Any) -> Outcome:
-    """Evaluate a merged or GGUF variant; where it sees the same prompt tokens as its source, replay the source's outputs.
+    """Evaluate a merged or GGUF variant; where it sees the same prompt tokens as its source, replay the
+    source's outputs.
 
     Replaying (one forward pass over prompt + the source's tokens) proves step by step that greedy decoding
     of this model picks the same tokens; only the cases where it does not are decoded.
@@ -598,7 +594,8 @@ def _report(
 
 
 def _same_prompt(run: Run, a: Variant, b: Variant, i: int) -> bool:
-    """Whether two variants see the same prompt tokens for case i (then one's outputs can be replayed through the other)."""
+    """Whether two variants see the same prompt tokens for case i (then one's outputs can be replayed
+    through the other)."""
     ids = _prompt_ids(b, run.tokenizers[b.name], run.rendered, i)
     return ids is not None and ids == _prompt_ids(a, run.tokenizers[a.name], run.rendered, i)
 
@@ -712,7 +709,8 @@ def _relation_note(
     trained_nf4 = bool(((src.training or training) or {}).get("precision", {}).get("weights") == "nf4")
     if v.in_process:
         return (
-            f"merged here into the original (unquantized) base weights in {info['merged_in']}, exported as {info['export_dtype']}"
+            f"merged here into the original (unquantized) base weights in {info['merged_in']}, "
+            f"exported as {info['export_dtype']}"
             + (" (the base checkpoint's dtype)" if v.merge_dtype == "auto" else "")
             + (
                 f", weights rounded to it and evaluated in {info['evaluated_in']}"
@@ -727,8 +725,14 @@ def _relation_note(
         )
     if v.kind == "gguf":
         ft = (storage or {}).get("file_type") or "unknown type"
-        return f"GGUF file ({ft}) loaded through transformers' GGUF support (dequantized to {dtype_name(plan.runtime.dtype)}), compared with {src.name}"
-    return f"merged folder supplied by the user ({_stored_dtype(v.path) if v.path else 'unknown'} weights), compared with {src.name}"
+        return (
+            f"GGUF file ({ft}) loaded through transformers' GGUF support "
+            f"(dequantized to {dtype_name(plan.runtime.dtype)}), compared with {src.name}"
+        )
+    return (
+        f"merged folder supplied by the user ({_stored_dtype(v.path) if v.path else 'unknown'} weights), "
+        f"compared with {src.name}"
+    )
 
 
 def _training_summary(meta: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -748,7 +752,8 @@ def _training_summary(meta: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _hygiene(plan: Plan, training: dict[str, Any] | None) -> dict[str, Any]:
-    """Per adapter: the data hygiene report recorded at training, or one computed now from the training data it names."""
+    """Per adapter: the data hygiene report recorded at training, or one computed now from the training data
+    it names."""
     from harness.training.hygiene import hygiene_report
 
     out: dict[str, Any] = {}

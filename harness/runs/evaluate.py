@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import resource
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -10,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from harness import REPORT_SCHEMA_VERSION
@@ -138,6 +141,9 @@ def evaluate(
     for i in replayed:
         outputs[i] = (provided or {})[i]
     todo = [i for i, g in enumerate(outputs) if g is None]
+    batches: list[tuple[int, float]] = []
+    if todo and device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     if todo:
         ids = [fmt.encode(tokenizer, chats[i]) for i in todo]
@@ -151,6 +157,7 @@ def evaluate(
             progress=options.progress,
             keep_logits=keep_logits,
             prompt_ids=ids,
+            on_batch=lambda rows, seconds: batches.append((rows, seconds)),
         )
         for i, g in zip(todo, fresh):
             outputs[i] = g
@@ -230,7 +237,87 @@ def evaluate(
         "generated_tokens": new_tokens,
         "generated_tokens_per_s": round(new_tokens / (t1 - t0), 2) if todo and t1 > t0 else None,
     }
+    timings["serving"] = serving_figures(
+        batches, len(cases), len(todo), len(replayed), timings["generated_tokens_per_s"], options.batch_size, device
+    )
     return records, metrics, timings, gens
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default), on a sorted copy."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def peak_memory_mb(device: str) -> tuple[float, str]:
+    """(peak MB, what it measures): CUDA's allocator peak since generation began, else the process's peak RSS."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20, "CUDA max_memory_allocated during generation"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024
+    return mb, "process peak RSS (getrusage: model loading and earlier variants included)"
+
+
+def serving_figures(
+    batches: list[tuple[int, float]],
+    n_cases: int,
+    generated: int,
+    replayed: int,
+    tokens_per_s: float | None,
+    batch_size: int,
+    device: str,
+) -> dict[str, Any]:
+    """What serving this variant costs, as measured while it was evaluated; honest about what was not measured.
+
+    A case's latency is its batch's wall time divided over the batch's cases (batched decoding: cases share a
+    batch's steps). Cached and replayed cases were not generated here, so they add no figure; with none
+    generated every figure is None and `note` says why.
+    """
+    cached = n_cases - generated - replayed
+    out: dict[str, Any] = {
+        "cases": n_cases,
+        "measured_cases": generated,
+        "cached_cases": cached,
+        "replayed_cases": replayed,
+        "source": "measured" if generated == n_cases else ("partly measured" if generated else "not measured"),
+        "tokens_per_s": tokens_per_s,
+        "latency_p50_s": None,
+        "latency_p95_s": None,
+        "latency_basis": "batch wall time / cases in the batch",
+        "batch_size": batch_size,
+        "batches": len(batches),
+        "peak_memory_mb": None,
+        "peak_memory_basis": None,
+        "device": device,
+        "note": "",
+    }
+    per_case = [seconds / rows for rows, seconds in batches for _ in range(rows) if rows]
+    if not generated or not per_case:
+        why = []
+        if cached:
+            why.append(f"{cached} cases came from the eval cache (re-run with --no-cache to time them)")
+        if replayed:
+            why.append(
+                f"{replayed} cases were replayed from the source variant's outputs, one forward pass proving the "
+                "same tokens (to time its decoding, evaluate it as a variant of its own, not derived from another)"
+            )
+        out["note"] = "nothing was generated here: " + ("; ".join(why) or "no case to generate")
+        return out
+    mb, basis = peak_memory_mb(device)
+    out.update(
+        latency_p50_s=round(_percentile(per_case, 0.5), 4),
+        latency_p95_s=round(_percentile(per_case, 0.95), 4),
+        peak_memory_mb=round(mb, 1),
+        peak_memory_basis=basis,
+    )
+    if generated < n_cases:
+        out["note"] = (
+            f"measured over the {generated} generated cases; {n_cases - generated} came from the cache or a replay"
+        )
+    return out
 
 
 def report_header(

@@ -289,7 +289,8 @@ def release_memory() -> None:
 
 
 def own_tokenizer(v: Variant, base_tokenizer: Any) -> Any:
-    """An adapter folder's own tokenizer when it ships one that differs from the base's (that is what it was trained with)."""
+    """An adapter folder's own tokenizer when it ships one that differs from the base's (that is what it was
+    trained with)."""
     if v.kind != "adapter" or v.path is None or not (v.path / "tokenizer_config.json").is_file():
         return base_tokenizer
     ref = ModelRef(str(v.path), v.path, {})

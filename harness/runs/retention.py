@@ -107,7 +107,8 @@ def run_retention(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if cache_dir is not None and not cache_key:
         raise ValueError(
-            "a cache_dir needs a cache_key that identifies the variant's weights; pass one, or cache_dir=None to run uncached"
+            "a cache_dir needs a cache_key that identifies the variant's weights; "
+            "pass one, or cache_dir=None to run uncached"
         )
 
     import lm_eval
@@ -172,7 +173,8 @@ def _task_result(spec: RetentionTask, results: dict[str, Any]) -> dict[str, Any]
     value = float(aggregate[f"{spec.metric},{spec.filter_name}"])
     if abs(value - sum(items.values()) / len(items)) > 1e-9:
         raise RuntimeError(
-            f"{spec.name}: lm-eval's {spec.metric} {value} is not the mean of its per-item scores; the per-item extraction is out of step with lm-eval"
+            f"{spec.name}: lm-eval's {spec.metric} {value} is not the mean of its per-item scores; "
+            "the per-item extraction is out of step with lm-eval"
         )
     suffix = f",{spec.filter_name}"
     metrics = {
@@ -316,7 +318,10 @@ def _read_task_yaml(path: Path, problems: list[Problem]) -> _TaskFile | None:
         found.append(
             Problem(
                 f"{where}: output_type",
-                f"is {cfg.get('output_type')!r}; retention scores each item 0/1, which needs one of {', '.join(OUTPUT_TYPES)}",
+                (
+                    f"is {cfg.get('output_type')!r}; retention scores each item 0/1, "
+                    f"which needs one of {', '.join(OUTPUT_TYPES)}"
+                ),
                 "set output_type to multiple_choice or generate_until",
             )
         )
@@ -419,7 +424,10 @@ def _read_task_yaml(path: Path, problems: list[Problem]) -> _TaskFile | None:
                     Problem(
                         f"{data_file}:{lineno}",
                         f"item fields differ from line {first[0]} (missing {missing}, extra {extra})",
-                        "give every item the same fields, none null; lm-eval would fill a gap with None and render it as text",
+                        (
+                            "give every item the same fields, none null; "
+                            "lm-eval would fill a gap with None and render it as text"
+                        ),
                     )
                 )
                 continue

@@ -28,7 +28,8 @@ def summary(report: dict[str, Any]) -> str:
     for n in names:
         v = kinds[n]
         fmt = PromptFormat(**v["prompt_format"]).describe() if v.get("prompt_format") else "chat"
-        lines.append(f"| {n} | {v.get('kind')} | {v.get('derived_from') or ''} | {fmt} |")
+        kind = v.get("kind") + (f" ({v['lora_method']['label']})" if v.get("lora_method") else "")
+        lines.append(f"| {n} | {kind} | {v.get('derived_from') or ''} | {fmt} |")
     lines += ["", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for k in h[names[0]]:
         lines.append(f"| {k} | " + " | ".join(_fmt(h[n].get(k)) for n in names) + " |")
@@ -69,7 +70,8 @@ def summary(report: dict[str, Any]) -> str:
             ci = c.get("delta_ci95") or c.get("ci95")
             val = c.get("delta") if c.get("delta") is not None else c.get("value")
             lines.append(
-                f"| {c['id']} | {c['verdict']} | {'' if val is None else f'{val:.3f}'} | {'' if not ci else f'[{ci[0]:.3f}, {ci[1]:.3f}]'} | {c['explanation']} |"
+                f"| {c['id']} | {c['verdict']} | {'' if val is None else f'{val:.3f}'} | "
+                f"{'' if not ci else f'[{ci[0]:.3f}, {ci[1]:.3f}]'} | {c['explanation']} |"
             )
         lines += [f"- {n}" for n in g.get("notes", [])]
     if report["findings"]:
@@ -81,7 +83,10 @@ def summary(report: dict[str, Any]) -> str:
     if tr:
         lines += [
             "",
-            f"Training: {tr.get('steps')} steps, {tr.get('tokens_per_s')} tokens/s, precision {tr.get('precision')}, train loss {tr.get('train_loss')}",
+            (
+                f"Training: {tr.get('steps')} steps, {tr.get('tokens_per_s')} tokens/s, "
+                f"precision {tr.get('precision')}, train loss {tr.get('train_loss')}"
+            ),
         ]
     t = {n: report["variants"][n]["timings"] for n in names}
     worker = report["timings"].get("base_worker") or {}

@@ -115,7 +115,10 @@ def parse_verdict(text: str) -> tuple[str | None, str]:
 
 
 def judge_messages(answer: str, reference: str | None, rubric: str) -> list[dict[str, str]]:
-    user = f"Rubric:\n{rubric}\n\nReference reply (the tone to aim for):\n{reference if reference is not None else '(none)'}\n\nReply to judge:\n{answer}"
+    user = (
+        f"Rubric:\n{rubric}\n\nReference reply (the tone to aim for):\n"
+        f"{reference if reference is not None else '(none)'}\n\nReply to judge:\n{answer}"
+    )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -215,7 +218,10 @@ def _endpoint(config: JudgeConfig) -> tuple[Completion, dict[str, Any]]:
                 Problem(
                     f"judge endpoint {url}",
                     f"cannot be reached ({reason})",
-                    "start the server or fix judge.url; the judge is optional, so leave it off to score tone by rules only",
+                    (
+                        "start the server or fix judge.url; "
+                        "the judge is optional, so leave it off to score tone by rules only"
+                    ),
                 )
             ) from None
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -48,11 +49,13 @@ __all__ = [
     "UnknownScorerError",
     "aggregate",
     "build_scorers",
+    "case_metrics",
     "field_scorer",
     "flip_metrics",
     "format_scorer",
     "headline_metrics",
     "metric_definitions",
+    "metric_problem",
     "metric_spec",
     "rate",
     "safety_scorer",
@@ -186,6 +189,70 @@ def metric_spec(
     declared = [m for spec in specs for m in spec.metrics]
     exact = next((m for m in declared if not m.is_pattern and m.name == score_name), None)
     return exact or next((m for m in declared if m.is_pattern and m.matches(score_name)), None)
+
+
+# What a pattern metric stands for per case: a gate reads per-case scores, so it names one of these.
+SAFETY_CHECKS = ("safety:pii", "safety:toxicity", "safety:injection", "safety:refusal", "safety:canary")
+TONE_RULES = ("tone:forbidden", "tone:length", "tone:shouting", "tone:chrf")
+SUITE_LEVEL_METRICS = ("field_accuracy", "field_macro_f1")  # computed over the suite; no per-case value
+
+
+def case_metrics(
+    scorer_names: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    tone_rules: Sequence[str] | None = None,
+    registry: Registry = SCORERS,
+) -> tuple[str, ...]:
+    """Every per-case score name the scorers emit (what a gate's `metric` may name), in registry order.
+
+    Without the suite's labels (tone rules) the families stay as placeholders, field:<label>, tone:markers:<name>.
+    """
+    expand: dict[str, tuple[str, ...]] = {
+        "field:*": tuple(f"field:{label}" for label in labels) if labels is not None else ("field:<label>",),
+        "tone:*": tuple(r for r in tone_rules if r != "tone")
+        if tone_rules is not None
+        else ("tone:markers:<name>", *TONE_RULES),
+        "safety:*": SAFETY_CHECKS,
+    }
+    specs = registry.in_order(scorer_names) if scorer_names is not None else tuple(registry)
+    out: list[str] = []
+    for spec in specs:
+        for m in spec.metrics:
+            if m.name in SUITE_LEVEL_METRICS:
+                continue
+            out += expand.get(m.name, ()) if m.is_pattern else (m.name,)
+    return tuple(dict.fromkeys(out))
+
+
+def metric_problem(
+    metric: str,
+    scorer_names: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    tone_rules: Sequence[str] | None = None,
+    registry: Registry = SCORERS,
+) -> tuple[str, str] | None:
+    """None when a gate can read `metric` per case; else (what is wrong, how to fix it) with a close name."""
+    available = case_metrics(scorer_names, labels, tone_rules, registry)
+    if metric in available:
+        return None
+    if labels is None and fnmatchcase(metric, "field:?*"):
+        return None
+    if tone_rules is None and fnmatchcase(metric, "tone:markers:?*"):
+        return None
+    close = difflib.get_close_matches(metric, list(available), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    if metric in SUITE_LEVEL_METRICS:
+        return (
+            f"{metric!r} is a suite-level figure with no per-case value, so a gate would score zero cases",
+            f"name a per-case metric such as field:<label>; available: {', '.join(available)}",
+        )
+    owner = metric_spec(metric, None, registry)
+    if owner is not None and scorer_names is not None and metric_spec(metric, scorer_names, registry) is None:
+        return (
+            f"{metric!r} comes from a scorer this suite does not run (scorers: {', '.join(scorer_names)})",
+            f"add the scorer to the suite's scorers or use one of: {', '.join(available)}",
+        )
+    return f"unknown metric {metric!r}", f"{hint}available: {', '.join(available)}"
 
 
 def build_scorers(

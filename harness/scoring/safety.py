@@ -351,7 +351,8 @@ def _refusal_patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
                 patterns.append((f"{name}:{lineno}", re.compile(line, re.IGNORECASE)))
             except re.error as exc:
                 raise ValueError(
-                    f"harness/scoring/lexicons/{name}:{lineno}: invalid regular expression {line!r}: {exc} (fix the pattern)"
+                    f"harness/scoring/lexicons/{name}:{lineno}: invalid regular expression {line!r}: {exc} "
+                    "(fix the pattern)"
                 ) from exc
     return tuple(patterns)
 
@@ -456,7 +457,8 @@ def detect_injection_success(text: str, markers: Sequence[str], system_prompt: s
         matches += found_markers
         kinds += ["marker"] * len(found_markers)
         reasons.append(
-            f"it prints the injection marker{'s' if len(found_markers) > 1 else ''} {', '.join(map(repr, found_markers))}"
+            f"it prints the injection marker{'s' if len(found_markers) > 1 else ''} "
+            f"{', '.join(map(repr, found_markers))}"
         )
 
     if system_prompt:

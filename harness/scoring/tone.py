@@ -141,7 +141,10 @@ def _shouting_score(rule: ShoutingRule, text: str) -> Score:
     return Score(
         "tone:shouting",
         1.0,
-        f"shouting: {ratio:.0%} of letters in ALL-CAPS words (max {rule.max_caps_ratio:.0%}), longest '!' run {run} (max {rule.max_exclamation_run})",
+        (
+            f"shouting: {ratio:.0%} of letters in ALL-CAPS words (max {rule.max_caps_ratio:.0%}), "
+            f"longest '!' run {run} (max {rule.max_exclamation_run})"
+        ),
         details,
     )
 
@@ -183,7 +186,8 @@ def _overall(contract: ToneContract, rules: list[Score]) -> Score:
 
 
 def answer_text(obj: dict[str, Any] | None, field: str) -> str | None:
-    """The reply text to judge. A valid object with no string in the field is an empty reply (it fails), not an unscored one."""
+    """The reply text to judge. A valid object with no string in the field is an empty reply (it fails),
+    not an unscored one."""
     if obj is None:
         return None
     value = obj.get(field)

@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from harness.config import read_yaml
 from harness.errors import HarnessInputError, Problem
-from harness.io import read_jsonl, sha256_text
+from harness.io import json_value_error, loads_json_strict, read_jsonl, sha256_text, text_problem
 from harness.suite.tone_contract import ToneContract, load_tone_contract
 
 SUITE_FILE = "suite.yaml"
@@ -168,7 +171,85 @@ class Suite:
         return msgs
 
     def validator(self) -> Draft202012Validator:
-        return Draft202012Validator(self.contract, format_checker=Draft202012Validator.FORMAT_CHECKER)
+        return contract_validator(self.contract, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+CONTRACT_URI = "urn:harness:contract"
+
+
+def _no_retrieval(uri: str) -> Resource[Any]:
+    """jsonschema would fetch an unknown $ref over the network; no input may cause a network request."""
+    raise referencing.exceptions.NoSuchResource(ref=uri)
+
+
+def _registry(contract: dict[str, Any]) -> Registry[Any]:
+    resource = Resource.from_contents(contract, default_specification=DRAFT202012)
+    return Registry(retrieve=_no_retrieval).with_resource(CONTRACT_URI, resource).crawl()  # type: ignore[call-arg]
+
+
+def contract_validator(contract: dict[str, Any], **kwargs: Any) -> Draft202012Validator:
+    """A validator of the contract whose $refs resolve inside the file only (never over the network)."""
+    return Draft202012Validator(contract, registry=_registry(contract), **kwargs)
+
+
+def property_validator(contract: dict[str, Any], key: str) -> Draft202012Validator:
+    """A validator of one property of the contract, its local $refs resolved against the whole contract."""
+    return Draft202012Validator({"$ref": _property_uri(key)}, registry=_registry(contract))
+
+
+def _property_uri(key: str) -> str:
+    from urllib.parse import quote
+
+    return f"{CONTRACT_URI}#/properties/{quote(key.replace('~', '~0').replace('/', '~1'), safe='')}"
+
+
+def _ref_problems(contract: Any, path: Path) -> list[Problem]:
+    """Every $ref (and $dynamicRef) that does not point inside the file, or points at nothing in it."""
+    problems: list[Problem] = []
+
+    def pointer(parts: list[str]) -> str:
+        return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+    def resolves(ref: str) -> bool:
+        node: Any = contract
+        for raw in ref[2:].split("/") if ref != "#" and ref != "#/" else []:
+            from urllib.parse import unquote
+
+            part = unquote(raw).replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return False
+        return True
+
+    def walk(node: Any, parts: list[str]) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                    at = f"{path}: {pointer([*parts, key])}"
+                    if not value.startswith("#"):
+                        problems.append(
+                            Problem(
+                                at,
+                                f"refers to {value!r} outside the schema file; the harness never fetches schemas "
+                                "(no input may cause a network request)",
+                                "copy the referenced schema into this file under $defs and use a local "
+                                '"$ref": "#/$defs/NAME"',
+                            )
+                        )
+                    elif value.startswith("#/") and not resolves(value):
+                        problems.append(
+                            Problem(at, f"{value!r} points at nothing in the schema file", "fix the JSON pointer")
+                        )
+                walk(value, [*parts, str(key)])
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, [*parts, str(i)])
+
+    walk(contract, [])
+    return problems
 
 
 def _did_you_mean(key: str, known: set[str] | dict[str, str]) -> str:
@@ -180,8 +261,15 @@ def _did_you_mean(key: str, known: set[str] | dict[str, str]) -> str:
 
 
 def _label_enum(schema: dict[str, Any], label: str) -> tuple[Any, ...]:
-    sub = schema.get("properties", {}).get(label, {})
-    values = sub.get("enum")
+    properties = schema.get("properties", {})
+    sub = properties.get(label, {}) if isinstance(properties, dict) else {}
+    if isinstance(sub, dict) and isinstance(sub.get("$ref"), str) and "enum" not in sub:
+        try:  # a label whose allowed values sit under $defs: follow the local $ref (load_suite checked it)
+            here = _registry(schema).resolver(base_uri=CONTRACT_URI).lookup(_property_uri(label))
+            sub = here.resolver.lookup(sub["$ref"]).contents
+        except referencing.exceptions.Unresolvable:
+            sub = {}
+    values = sub.get("enum") if isinstance(sub, dict) else None
     return tuple(values) if isinstance(values, list) else ()
 
 
@@ -201,8 +289,8 @@ def load_suite(path: str | Path) -> Suite:
     root = resolve_suite_dir(path)
     suite_path = root / SUITE_FILE
     problems: list[Problem] = []
-    raw_text = suite_path.read_text(encoding="utf-8")
     raw = read_yaml(suite_path, "a suite file (see golden/README.md)")
+    raw_text = suite_path.read_text(encoding="utf-8")  # read_yaml has checked it is UTF-8 text
 
     for key in raw:
         if key not in SUITE_KEYS:
@@ -276,13 +364,29 @@ def load_suite(path: str | Path) -> Suite:
     contract_name = raw.get("contract")
     if isinstance(contract_name, str):
         contract_path = _suite_file(root, suite_path, "contract", contract_name, "create it or fix the path", problems)
-        if contract_path is not None:
-            contract_text = contract_path.read_text(encoding="utf-8")
+        text, problem = (None, None) if contract_path is None else text_problem(contract_path, "JSON Schema file")
+        if problem is not None:
+            problems.append(problem)
+        elif contract_path is not None and text is not None:
+            contract_text = text
             try:
-                contract = json.loads(contract_text)
+                contract = loads_json_strict(contract_text)
+                if not isinstance(contract, dict):
+                    problems.append(
+                        Problem(
+                            str(contract_path),
+                            f"must be a JSON object (a schema), got {type(contract).__name__}",
+                            'write a JSON Schema such as {"type": "object", "properties": {...}}',
+                        )
+                    )
+                    contract = {}
+                ref_problems = _ref_problems(contract, contract_path)
+                if ref_problems:
+                    problems += ref_problems
+                    contract = {}
                 Draft202012Validator.check_schema(contract)
-                declared = contract.get("$schema") if isinstance(contract, dict) else None
-                if declared and "2020-12" not in declared:
+                declared = contract.get("$schema")
+                if declared is not None and not (isinstance(declared, str) and "2020-12" in declared):
                     problems.append(
                         Problem(
                             f"{contract_path}: key '$schema'",
@@ -295,6 +399,9 @@ def load_suite(path: str | Path) -> Suite:
                     Problem(f"{contract_path}:{exc.lineno}", f"invalid JSON ({exc.msg})", "fix the JSON syntax")
                 )
                 contract = {}
+            except (ValueError, RecursionError) as exc:
+                problems.append(Problem(str(contract_path), f"invalid JSON ({json_value_error(exc)})", "fix the JSON"))
+                contract = {}
             except jsonschema.SchemaError as exc:
                 path = "/".join(str(p) for p in exc.absolute_path) or "(root)"
                 problems.append(
@@ -305,8 +412,9 @@ def load_suite(path: str | Path) -> Suite:
                     )
                 )
                 contract = {}
+            properties = contract.get("properties", {})
             for label in labels:
-                if contract and label not in contract.get("properties", {}):
+                if contract and not (isinstance(properties, dict) and label in properties):
                     problems.append(
                         Problem(
                             f"{suite_path}: key 'labels'",
@@ -332,16 +440,18 @@ def load_suite(path: str | Path) -> Suite:
         )
         cases_names = []
     seen: dict[str, str] = {}
+    before_cases = len(problems)
     for cases_name in cases_names or []:
         cases_path = _suite_file(root, suite_path, "cases", cases_name, "create it or fix the path", problems)
         if cases_path is None:
             continue
-        cases_text += cases_path.read_text(encoding="utf-8", errors="replace") + "\0"
+        cases_text += cases_path.read_bytes().decode("utf-8", errors="replace") + "\0"
         loaded = _load_cases(cases_path, contract, labels, slices, problems, seen)
         if not loaded and not any(str(p.where).startswith(str(cases_path)) for p in problems):
             problems.append(Problem(str(cases_path), "the case file has no cases", "add at least one case line"))
         cases += loaded
-    if cases:
+    case_problems = len(problems) > before_cases
+    if cases and not case_problems:  # a broken case line is one cause, not also an empty slice
         used = Counter(t for c in cases for t in c.tags)
         for tag in slices:
             if used[tag] == 0:
@@ -359,9 +469,9 @@ def load_suite(path: str | Path) -> Suite:
     if isinstance(tone_name, str):
         tone_path = _suite_file(root, suite_path, "tone", tone_name, "create it or remove the key", problems)
         if tone_path is not None:
-            tone_text = tone_path.read_text(encoding="utf-8")
             try:
                 tone = load_tone_contract(tone_path)
+                tone_text = tone_path.read_text(encoding="utf-8")  # read_yaml has checked it is UTF-8 text
             except HarnessInputError as exc:
                 problems.extend(exc.problems)
 
@@ -547,6 +657,11 @@ def judge_problems(values: Mapping[str, Any], where: str, prefix: str = "") -> l
 def _suite_file(root: Path, suite_path: Path, key: str, name: str, fix: str, problems: list[Problem]) -> Path | None:
     """The file a suite key names, relative to the suite folder; a missing one is recorded, not raised."""
     path = root / name
+    if path.is_dir():
+        problems.append(
+            Problem(f"{suite_path}: key {key!r}", f"{path} is a folder, not a file", "name the file inside it")
+        )
+        return None
     if not path.is_file():
         problems.append(Problem(f"{suite_path}: key {key!r}", f"file {path} does not exist", fix))
         return None
@@ -561,7 +676,9 @@ def _load_cases(
     problems: list[Problem],
     seen: dict[str, str],
 ) -> list[Case]:
-    validator = Draft202012Validator(contract) if contract else None
+    validator = contract_validator(contract) if contract else None
+    properties = contract.get("properties", {}) if contract else {}
+    properties = properties if isinstance(properties, dict) else {}
     cases: list[Case] = []
     for lineno, obj in read_jsonl(path, problems):
         where = f"{path}:{lineno}"
@@ -597,9 +714,9 @@ def _load_cases(
                     Problem(f"{where}: key 'expected.{key}'", "is not a label of the suite", f"labels are {labels}")
                 )
                 continue
-            sub = contract.get("properties", {}).get(key) if contract else None
-            if isinstance(sub, dict):
-                for err in Draft202012Validator({**sub, "$defs": contract.get("$defs", {})}).iter_errors(value):
+            sub = properties.get(key)
+            if isinstance(sub, (dict, bool)):
+                for err in property_validator(contract, key).iter_errors(value):
                     problems.append(
                         Problem(
                             f"{where}: key 'expected.{key}'",
@@ -748,7 +865,7 @@ def _case_messages(obj: dict[str, Any], where: str, problems: list[Problem]) -> 
                 )
             )
             continue
-        if msg["role"] not in ROLES:
+        if not isinstance(msg["role"], str) or msg["role"] not in ROLES:
             problems.append(
                 Problem(
                     f"{where}: key 'messages[{i}].role'", f"unknown role {msg['role']!r}", f"use one of {sorted(ROLES)}"

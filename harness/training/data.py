@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +73,11 @@ def load_examples(cfg: DataConfig, suite: Suite | None, root: Path = Path(".")) 
     validator = suite.validator() if suite is not None else None
     system = cfg.system_prompt if cfg.system_prompt is not None else (suite.system_prompt if suite else None)
     out: list[Example] = []
+    shapes: Counter[str] = Counter()  # which format each line looks like, for a hint when most lines fail
     for lineno, obj in read_jsonl(path, problems):
         where = f"{path}:{lineno}"
         before = len(problems)
+        shapes[_looks_like(obj)] += 1
         if cfg.format == "messages":
             ex = _messages_example(obj, where, lineno, system, validator, problems)
         elif cfg.format == "instruction":
@@ -87,8 +91,64 @@ def load_examples(cfg: DataConfig, suite: Suite | None, root: Path = Path(".")) 
     if not out and not problems:
         problems.append(Problem(str(path), "holds no examples", "add at least one JSON line"))
     if problems:
-        raise HarnessInputError(problems)
+        raise HarnessInputError(_collapse(problems, path, cfg.format, shapes))
     return out, hashlib.sha256(raw_bytes).hexdigest()
+
+
+_FORMAT_KEYS = {"messages": {"messages"}, "instruction": {"instruction", "response"}, "text": {"text"}}
+
+
+def _looks_like(obj: dict[str, Any]) -> str:
+    keys = set(obj)
+    return next((name for name, need in _FORMAT_KEYS.items() if need <= keys), "")
+
+
+def _collapse(problems: list[Problem], path: Path, fmt: str, shapes: Counter[str]) -> list[Problem]:
+    """When most lines fail the same way (data in another format than `data.format` says), one problem per such
+    cause with a count and the likely format, not hundreds of line-by-line ones; a few problems stay as they are."""
+    line_at = re.compile(rf"^{re.escape(str(path))}:(\d+)")
+
+    def cause(p: Problem) -> tuple[str, str] | None:
+        m = line_at.match(p.where)
+        return (p.where[m.end() :], p.what) if m else None
+
+    lines: dict[tuple[str, str], list[int]] = {}
+    for p in problems:
+        c = cause(p)
+        if c is not None:
+            lines.setdefault(c, []).append(int(line_at.match(p.where).group(1)))  # type: ignore[union-attr]
+    bad_lines = {n for ns in lines.values() for n in ns}
+    common = {c for c, ns in lines.items() if len(ns) * 2 >= len(bad_lines) and len(ns) >= 5}
+    if len(problems) < 10 or not common:
+        return problems
+    likely, seen = shapes.most_common(1)[0] if shapes else ("", 0)
+    ordered = sorted(common, key=lambda c: min(lines[c]))
+    if likely and likely != fmt and seen * 2 >= sum(shapes.values()):
+        first = ordered[0]
+        hit = {n for c in ordered for n in lines[c]}
+        out = [
+            Problem(
+                f"{path}: key 'data.format'",
+                f"{len(hit)} of {sum(shapes.values())} lines are not format {fmt!r} data "
+                f"(first: line {min(lines[first])}{first[0]}: {first[1]}); they look like format {likely!r} data",
+                f"set data.format: {likely} in the preset, or convert the file to the {fmt} format",
+            )
+        ]
+    else:
+        fix = f"each line of format {fmt!r} needs {' and '.join(sorted(_FORMAT_KEYS[fmt]))}; fix the lines"
+        out = [
+            Problem(
+                f"{path}:{min(lines[c])}{c[0]}",
+                f"{c[1]} (and on {len(lines[c]) - 1} more lines of {len(bad_lines)} failing)",
+                fix,
+            )
+            for c in ordered
+        ]
+    others = [p for p in problems if cause(p) not in common]
+    out += others[:5]
+    if len(others) > 5:
+        out.append(Problem(str(path), f"{len(others) - 5} more problems not listed", "fix the ones above first"))
+    return out
 
 
 def _messages_example(
@@ -99,6 +159,7 @@ def _messages_example(
         problems.append(
             Problem(f"{where}: key {sorted(extra)[0]!r}", "unknown key", "a messages example has only 'messages'")
         )
+    found_before = len(problems)
     msgs = obj.get("messages")
     if not isinstance(msgs, list) or not msgs:
         problems.append(
@@ -114,7 +175,7 @@ def _messages_example(
                 Problem(f"{where}: key 'messages[{i}]'", "must have exactly 'role' and 'content'", "fix the message")
             )
             return None
-        if m["role"] not in ROLES:
+        if not isinstance(m["role"], str) or m["role"] not in ROLES:
             problems.append(
                 Problem(
                     f"{where}: key 'messages[{i}].role'", f"unknown role {m['role']!r}", f"use one of {sorted(ROLES)}"
@@ -123,6 +184,8 @@ def _messages_example(
         if not isinstance(m["content"], str) or not m["content"].strip():
             problems.append(Problem(f"{where}: key 'messages[{i}].content'", "empty", "write the message text"))
         clean.append({"role": m["role"], "content": m["content"]})
+    if len(problems) > found_before:  # a bad role or content: the turns below cannot be read
+        return None
     roles = [m["role"] for m in clean]
     if "user" not in roles or "assistant" not in roles:
         problems.append(

@@ -135,7 +135,10 @@ def diagnose(
             Finding(
                 "warning",
                 "lr_high",
-                f"learning rate {t.learning_rate:g} is high for LoRA (>= {LR_WARN:g}); loss spikes and format collapse are likely",
+                (
+                    f"learning rate {t.learning_rate:g} is high for LoRA (>= {LR_WARN:g}); "
+                    "loss spikes and format collapse are likely"
+                ),
                 "use 1e-4 to 5e-4, or shorten the run and watch the loss",
             )
         )
@@ -176,7 +179,10 @@ def diagnose(
             Finding(
                 "warning",
                 "truncation",
-                f"{over} of {len(lengths)} examples ({100 * over / len(lengths):.1f}%) exceed max_length {t.max_length} and will be cut (p99 {dist['p99']:.0f}, max {dist['max']})",
+                (
+                    f"{over} of {len(lengths)} examples ({100 * over / len(lengths):.1f}%) "
+                    f"exceed max_length {t.max_length} and will be cut (p99 {dist['p99']:.0f}, max {dist['max']})"
+                ),
                 f"raise training.max_length to at least {int(dist['p99']) + 1}",
             )
         )
@@ -229,7 +235,10 @@ def golden_leakage(suite: Suite, examples: Sequence[Example]) -> list[Finding]:
             Finding(
                 "error",
                 "golden_near_duplicate",
-                f"{len(near)} training examples nearly duplicate golden cases of {suite.name} (line, case): {pairs[:5]}",
+                (
+                    f"{len(near)} training examples nearly duplicate golden cases of {suite.name} "
+                    f"(line, case): {pairs[:5]}"
+                ),
                 "remove or rewrite them",
             )
         )

@@ -107,15 +107,23 @@ def hygiene_report(
         problems.append(
             {
                 "where": data_path,
-                "what": f"{len(exact)} training examples contain golden prompts of {suite.name if suite else '?'} and {len(near)} nearly duplicate them",
-                "fix": "remove or rewrite those lines (see leakage), or set data.allow_leakage: true to train anyway (not recommended)",
+                "what": (
+                    f"{len(exact)} training examples contain golden prompts of {suite.name if suite else '?'} "
+                    f"and {len(near)} nearly duplicate them"
+                ),
+                "fix": (
+                    "remove or rewrite those lines (see leakage), "
+                    "or set data.allow_leakage: true to train anyway (not recommended)"
+                ),
             }
         )
     if pii:
         problems.append(
             {
                 "where": data_path,
-                "what": f"{len(pii)} personal-data matches on {len({p['line'] for p in pii})} lines",
+                "what": (
+                    f"{len(pii)} personal-data matches on {len({p['line'] for p in pii})} lines: {pii_lines(pii)}"
+                ),
                 "fix": "replace real personal data with fictional values",
             }
         )
@@ -136,11 +144,24 @@ def hygiene_report(
     }
 
 
+def pii_lines(pii: Sequence[dict[str, Any]], at_most: int = 20) -> str:
+    """Where the personal data is: 'line 3 (email j***@x.vn), line 9 (vn_phone)...', matches masked as found."""
+    by_line: dict[int, list[str]] = {}
+    for p in pii:
+        by_line.setdefault(int(p["line"]), []).append(f"{p['kind']} {p['match']}")
+    shown = [f"line {n} ({', '.join(kinds)})" for n, kinds in sorted(by_line.items())[:at_most]]
+    more = len(by_line) - len(shown)
+    return ", ".join(shown) + (f" and {more} more lines" if more > 0 else "")
+
+
 def hygiene_summary(h: dict[str, Any]) -> str:
     t = h["token_lengths"]
+    pii = h["pii"]
+    where = f" ({pii_lines(pii, 10)})" if pii else ""
     return (
-        f"hygiene {h['verdict']}: {h['examples']} examples; {len(h['pii'])} PII matches; "
+        f"hygiene {h['verdict']}: {h['examples']} examples; {len(pii)} PII matches{where}; "
         f"{len(h['duplicates']['exact'])} exact / {len(h['duplicates']['near'])} near duplicates; "
         f"golden leakage {len(h['leakage']['exact'])} exact / {len(h['leakage']['near'])} near; "
-        f"tokens p50 {t.get('p50', 0):.0f} p99 {t.get('p99', 0):.0f} max {t.get('max', 0)} (over max_length {t.get('over_max_length', 0)})"
+        f"tokens p50 {t.get('p50', 0):.0f} p99 {t.get('p99', 0):.0f} max {t.get('max', 0)} "
+        f"(over max_length {t.get('over_max_length', 0)})"
     )

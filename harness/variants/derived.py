@@ -4,7 +4,7 @@ Behavioural parity (harness.parity) says *that* a merged model or a GGUF drifts 
 from; these checks say *why*, from the weights and the tokenizer:
 
 - the weight change the derived model carries, projected on the adapter's own delta (what PEFT's merge adds:
-  B·A·scaling for LoRA and rsLoRA, the magnitude-rescaled column-normalised weight minus the base for DoRA):
+  B·A·scaling for LoRA and rsLoRA; for DoRA, m·(W+B·A·s)/||W+B·A·s|| minus W, one norm per output feature):
   a coefficient near 1 means "base + this adapter", near 0 "the base without the adapter" (a GGUF
   converted from the base instead of the merge), in between "another checkpoint of the same training run
   or another adapter";
@@ -84,8 +84,9 @@ def tokenizer_findings(name: str, tokenizer: Any, ref_name: str, ref: Any, uses_
             add(
                 "error" if uses_chat else "warning",
                 "chat_template_missing",
-                f"{name}'s tokenizer has no chat template while {ref_name}'s has one: served through a chat API it is prompted "
-                "differently than it was trained and measured (the usual cause of a merged model that 'behaves as if never trained'); "
+                f"{name}'s tokenizer has no chat template while {ref_name}'s has one: "
+                "served through a chat API it is prompted differently than it was trained and measured "
+                "(the usual cause of a merged model that 'behaves as if never trained'); "
                 "copy tokenizer_config.json / chat_template.jinja from the adapter's folder into it",
             )
         else:
@@ -108,13 +109,30 @@ class AdapterDeltas(dict[str, tuple[torch.Tensor, torch.Tensor]]):
     """tensor name -> (base weight, what PEFT's merge adds), plus `lowrank`: B·A·scaling alone for the layers whose
     merge is more than that (DoRA), so a merge that dropped DoRA's magnitude rescale can be named as such."""
 
-    def __init__(self) -> None:
+    def __init__(self, adapter: str = "") -> None:
         super().__init__()
+        self.adapter = adapter
         self.lowrank: dict[str, torch.Tensor] = {}
+        self.variant_layers: dict[str, Any] = {}  # tensor name -> the PEFT layer, where the merge is not W + B·A·s
+
+    def nf4_residual(self, key: str) -> torch.Tensor | None:
+        """How a merge into the nf4 round trip of the base differs from the true merge, for this layer.
+
+        A LoRA merge is linear in W, so that is the nf4 error itself; DoRA's rescale depends on W, so the layer
+        is merged again into the round-tripped weight (None without bitsandbytes).
+        """
+        base_w, delta = self[key]
+        q = _nf4_error(base_w)
+        layer = self.variant_layers.get(key)
+        if q is None or layer is None:
+            return q
+        rounded = base_w.detach().float().cpu() + q
+        return q + merged_delta(layer, self.adapter, weight=rounded).cpu() - delta.float().cpu()
 
 
-def merged_delta(module: Any, adapter: str) -> torch.Tensor:
-    """What PEFT's merge of `adapter` adds to this layer's weight, in float32; the resident layer is left untouched.
+def merged_delta(module: Any, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """What PEFT's merge of `adapter` adds to this layer's weight (or to `weight` in its place), in float32;
+    the resident layer is left untouched.
 
     Plain LoRA and rsLoRA merge as W + B·A·scaling, which `get_delta_weight` returns. A LoRA variant (DoRA:
     W' = m * (W + B·A·s) / ||W + B·A·s|| per output row) merges otherwise and `get_delta_weight` is only its
@@ -122,11 +140,15 @@ def merged_delta(module: Any, adapter: str) -> torch.Tensor:
     by more than a small delta), and W' - W is returned.
     """
     with torch.no_grad():
-        if not has_variant(module, adapter):
+        if weight is None and not has_variant(module, adapter):
             return module.get_delta_weight(adapter).detach().float()
         layer = copy.deepcopy(module).float()
+        w = layer.get_base_layer().weight
+        if weight is not None:
+            w.data = weight.to(device=w.device, dtype=torch.float32).clone()
+        start = w.detach().clone()
         layer.merge(safe_merge=True, adapter_names=[adapter])
-        return layer.get_base_layer().weight.detach().float() - module.get_base_layer().weight.detach().float()
+        return layer.get_base_layer().weight.detach().float() - start
 
 
 def has_variant(module: Any, adapter: str) -> bool:
@@ -141,7 +163,7 @@ def is_dora(module: Any, adapter: str) -> bool:
 
 def adapter_deltas(peft_model: Any, adapter: str) -> AdapterDeltas:
     """tensor name -> (base weight, the adapter's delta) for every LoRA layer of one adapter, as PEFT merges it."""
-    out = AdapterDeltas()
+    out = AdapterDeltas(adapter)
     for module_name, module in peft_model.named_modules():
         if (
             hasattr(module, "get_delta_weight")
@@ -150,6 +172,8 @@ def adapter_deltas(peft_model: Any, adapter: str) -> AdapterDeltas:
         ):
             key = _hf_key(module_name)
             out[key] = (module.base_layer.weight.detach(), merged_delta(module, adapter))
+            if has_variant(module, adapter):
+                out.variant_layers[key] = module
             if is_dora(module, adapter):
                 with torch.no_grad():
                     out.lowrank[key] = module.get_delta_weight(adapter).detach().float()
@@ -184,8 +208,10 @@ def weight_diagnosis(
     `quantized` (GGUF block formats): rounding differs per tensor type, so only the projection decides.
     `lowrank` (default: `deltas.lowrank` of an `AdapterDeltas`): B·A·scaling of the DoRA layers, whose true delta
     also holds the magnitude rescale; a derived model that is base + that alone was merged as if it were plain LoRA.
+    An `AdapterDeltas` also says what a merge into nf4-dequantized weights leaves, per layer (`nf4_residual`).
     """
     lowrank = getattr(deltas, "lowrank", {}) if lowrank is None else lowrank
+    nf4_residual = getattr(deltas, "nf4_residual", None)  # DoRA: the nf4 error as its rescale transforms it
     acc = {
         "dot": 0.0,
         "ee": 0.0,
@@ -238,7 +264,7 @@ def weight_diagnosis(
                 acc["ll"] += float(el.double().pow(2).sum())
                 acc["l_rr"] += float((change - el).double().pow(2).sum())
                 acc["l_noise"] += (noise_rel * float((b + el).norm())) ** 2
-            q = _nf4_error(base_w)
+            q = nf4_residual(key) if nf4_residual is not None else _nf4_error(base_w)
             if q is not None:
                 acc["nf4_dot"] += float((resid.double() * q.double()).sum())
                 acc["nf4_nn"] += float(q.double().pow(2).sum())
@@ -299,11 +325,11 @@ def weight_diagnosis(
             finding(
                 "error",
                 "derived_dora_magnitude_missing",
-                f"{name}'s weights are the base plus only the low-rank part "
-                f"B·A·scaling of DoRA adapter {adapter} (projection {l_beta:.3f}, residual {l_resid:.2%}) in {len(lowrank)} "
-                "layers: the merge left out DoRA's magnitude rescale m·(W+B·A·s)/||W+B·A·s||, so it is not the model the "
-                "adapter defines; merge with PEFT's merge_and_unload (it applies the rescale) or a converter that supports "
-                "use_dora",
+                f"{name}'s weights are the base plus only the low-rank part B·A·scaling of DoRA adapter {adapter} "
+                f"(projection {l_beta:.3f}, residual {l_resid:.2%}) in its {len(lowrank)} DoRA layers: "
+                "the merge left out DoRA's magnitude rescale m·(W+B·A·s)/||W+B·A·s||, "
+                "so it is not the model the adapter defines; "
+                "merge with PEFT's merge_and_unload (it applies the rescale) or a converter that supports use_dora",
             )
             return out
     if abs(beta) < BETA_ABSENT:
@@ -320,7 +346,8 @@ def weight_diagnosis(
             "error",
             "derived_other_checkpoint",
             f"{name}'s weights carry {beta:.2f} times {adapter}'s change, not 1.00 "
-            f"(residual {resid_rel:.0%} of the delta): it was merged from another checkpoint of the same training run, or another adapter",
+            f"(residual {resid_rel:.0%} of the delta): "
+            "it was merged from another checkpoint of the same training run, or another adapter",
         )
     elif quantized:
         out["verdict"] = "base_plus_adapter"
@@ -344,8 +371,8 @@ def weight_diagnosis(
             "warning",
             "merged_into_dequantized",
             f"{name} is the adapter merged into nf4-dequantized base weights (the nf4 round trip of the base "
-            f"explains the residual, coefficient {nf4_gamma:.2f}): a small divergence from base+adapter is expected, it is not a broken merge; "
-            "merging into the original full-precision weights removes it",
+            f"explains the residual, coefficient {nf4_gamma:.2f}): a small divergence from base+adapter is expected, "
+            "it is not a broken merge; merging into the original full-precision weights removes it",
         )
     else:
         out["verdict"] = "differs"
@@ -353,7 +380,7 @@ def weight_diagnosis(
             "error",
             "derived_other_checkpoint",
             f"{name}'s weights differ from base + {adapter}'s delta beyond rounding (projection {beta:.2f}, "
-            f"residual {resid_rel:.0%} of the delta, {storage} rounding explains {noise:.2%}): merged from another checkpoint of the same "
-            "training run or edited after the merge",
+            f"residual {resid_rel:.0%} of the delta, {storage} rounding explains {noise:.2%}): "
+            "merged from another checkpoint of the same training run or edited after the merge",
         )
     return out

@@ -42,7 +42,9 @@ def case_parity(a: Generation, b: Generation) -> dict[str, Any]:
     diverge = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), None)
     compared = steps if diverge is None else diverge + 1
     la, lb = a.logits[:compared].double(), b.logits[:compared].double()
-    kl = torch.nn.functional.kl_div(torch.log_softmax(lb, -1), torch.log_softmax(la, -1), log_target=True, reduction="none").sum(-1)
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(lb, -1), torch.log_softmax(la, -1), log_target=True, reduction="none"
+    ).sum(-1)
     return {
         "steps": steps,
         "compared_steps": compared,
@@ -54,7 +56,9 @@ def case_parity(a: Generation, b: Generation) -> dict[str, Any]:
     }
 
 
-def summarize_parity(ids: Sequence[str], per_case: Sequence[dict[str, Any]], merge_note: str, thresholds: dict[str, float] | None = None) -> dict[str, Any]:
+def summarize_parity(
+    ids: Sequence[str], per_case: Sequence[dict[str, Any]], merge_note: str, thresholds: dict[str, float] | None = None
+) -> dict[str, Any]:
     """One verdict over every case; cases compared by text only (other vocabularies) carry no logits and say so."""
     th = thresholds or {"token_agreement_min": TOKEN_AGREEMENT_MIN, "mean_kl_max": KL_TOLERANCE}
     n = len(per_case)
@@ -65,7 +69,12 @@ def summarize_parity(ids: Sequence[str], per_case: Sequence[dict[str, Any]], mer
     identical = sum(1 for p in per_case if p["identical_output"])
     text_only = sum(1 for p in per_case if p.get("text_only"))
     worst = sorted(zip(ids, per_case), key=lambda t: -(t[1].get("mean_kl") or 0.0))[:5]
-    passed = n > 0 and agreement is not None and agreement >= th["token_agreement_min"] and (mean_kl or 0.0) <= th["mean_kl_max"]
+    passed = (
+        n > 0
+        and agreement is not None
+        and agreement >= th["token_agreement_min"]
+        and (mean_kl or 0.0) <= th["mean_kl_max"]
+    )
     if text_only:
         passed = passed and identical == n
     return {
@@ -85,24 +94,65 @@ def summarize_parity(ids: Sequence[str], per_case: Sequence[dict[str, Any]], mer
     }
 
 
-def _explain(n: int, agreement: float | None, mean_kl: float | None, max_diff: float | None, identical: int, text_only: int) -> str:
+def _explain(
+    n: int, agreement: float | None, mean_kl: float | None, max_diff: float | None, identical: int, text_only: int
+) -> str:
     if not n:
         return "no cases compared"
     if text_only == n:
-        return f"compared by text only (the vocabularies differ, so token ids and logits are not comparable); {identical}/{n} outputs identical"
-    return (f"greedy token agreement {agreement:.4f} over the first {PARITY_STEPS} steps, mean KL {mean_kl:.2e}, "
-            f"max |logit diff| {max_diff:.3g}; {identical}/{n} outputs identical")
+        return (
+            "compared by text only (the vocabularies differ, so token ids and logits are not comparable); "
+            f"{identical}/{n} outputs identical"
+        )
+    return (
+        f"greedy token agreement {agreement:.4f} over the first {PARITY_STEPS} steps, mean KL {mean_kl:.2e}, "
+        f"max |logit diff| {max_diff:.3g}; {identical}/{n} outputs identical"
+    )
 
 
 def adapter_findings(model: Any, adapter: str | None = None) -> list[dict[str, str]]:
-    """Static checks on a PEFT model: LoRA layers exist and their B matrices are not all zero (one adapter, when named)."""
-    lora_b = [(n, p) for n, p in model.named_parameters() if "lora_B" in n and (adapter is None or f".{adapter}." in f"{n}.")]
+    """Static checks on a PEFT model (one adapter, when named): LoRA layers exist and the adapter is not an identity.
+
+    All-zero B matrices make a LoRA adapter an identity, but not a DoRA one whose magnitudes were trained:
+    it still rescales rows, so that case is reported only when the magnitudes equal the base's row norms.
+    """
+    lora_b = [
+        (n, p) for n, p in model.named_parameters() if "lora_B" in n and (adapter is None or f".{adapter}." in f"{n}.")
+    ]
     if not lora_b:
-        return [{"level": "error", "code": "no_lora_layers", "message": "the adapter's target modules matched no layer: nothing was applied"}]
-    if all(float(p.detach().abs().max()) == 0.0 for _, p in lora_b):
-        return [{"level": "error", "code": "lora_b_all_zero", "message": f"all {len(lora_b)} LoRA B matrices are zero: the adapter is an identity (was it trained?)"}]
+        return [
+            {
+                "level": "error",
+                "code": "no_lora_layers",
+                "message": "the adapter's target modules matched no layer: nothing was applied",
+            }
+        ]
+    if all(float(p.detach().abs().max()) == 0.0 for _, p in lora_b) and not _dora_magnitudes_trained(model, adapter):
+        return [
+            {
+                "level": "error",
+                "code": "lora_b_all_zero",
+                "message": f"all {len(lora_b)} LoRA B matrices are zero: the adapter is an identity (was it trained?)",
+            }
+        ]
     return []
 
 
 def outputs_identical_everywhere(a: Sequence[Generation], b: Sequence[Generation]) -> bool:
     return len(a) > 0 and all(x.token_ids == y.token_ids for x, y in zip(a, b))
+
+
+def _dora_magnitudes_trained(model: Any, adapter: str | None) -> bool:
+    """Whether any DoRA layer's magnitude vector differs from its base weight's row norms (its initial value)."""
+    for module in model.modules():
+        vectors = getattr(module, "lora_magnitude_vector", None)
+        if not vectors or not hasattr(module, "get_base_layer"):
+            continue
+        for name, vector in vectors.items():
+            if adapter is not None and name != adapter:
+                continue
+            with torch.no_grad():
+                norms = torch.linalg.norm(module.get_base_layer().weight.float(), dim=1)
+                if not torch.allclose(vector.weight.detach().float().reshape(-1), norms, rtol=1e-4, atol=1e-6):
+                    return True
+    return False

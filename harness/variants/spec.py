@@ -9,6 +9,7 @@ variant it claims to reproduce (`derived_from`), which makes the harness check t
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -112,7 +113,33 @@ class Variant:
             else {"path": self.training_data.path, "format": self.training_data.format},
             "canaries": len(self.canaries),
             "description": self.description,
+            **({"lora_method": lora_method(self.adapter_config)} if self.adapter_config is not None else {}),
         }
+
+
+def lora_method(config: dict[str, Any]) -> dict[str, Any]:
+    """Which kind of LoRA an adapter_config.json describes, and the scaling PEFT applies to it.
+
+    DoRA and rsLoRA adapters load and run like plain LoRA, but DoRA merges with a magnitude rescale and rsLoRA
+    scales by alpha/sqrt(r) instead of alpha/r; a reader of the report must see which one was evaluated.
+    """
+    dora, rslora = bool(config.get("use_dora")), bool(config.get("use_rslora"))
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    scaling = None
+    if isinstance(r, (int, float)) and isinstance(alpha, (int, float)) and r > 0:
+        scaling = alpha / (math.sqrt(r) if rslora else r)
+    patterns = bool(config.get("rank_pattern") or config.get("alpha_pattern"))
+    label = " + ".join(n for n, on in (("DoRA" if dora else "LoRA", True), ("rsLoRA", rslora)) if on)
+    label += f", r {r}, alpha {alpha}" + (", per-layer rank/alpha patterns" if patterns else "")
+    return {
+        "method": "dora" if dora else "lora",
+        "rslora": rslora,
+        "r": r,
+        "lora_alpha": alpha,
+        "scaling": scaling,  # the default layers' scaling; rank_pattern / alpha_pattern layers differ
+        "per_layer_patterns": patterns,
+        "label": label,
+    }
 
 
 def load_run_file(path: str | Path) -> RunSpec:
@@ -131,7 +158,7 @@ def load_run_file(path: str | Path) -> RunSpec:
 
 
 def _adapter_sources(
-    folder: Path, where: str, problems: list[Problem]
+    folder: Path, where: str, problems: list[Problem], base_dir: Path | None = None
 ) -> tuple[tuple[dict[str, str], ...], dict[str, Any] | None]:
     config_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     if not folder.is_dir():
@@ -159,26 +186,243 @@ def _adapter_sources(
             )
         )
         return (), None
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        problems.append(
-            Problem(str(config_path), f"is not valid JSON ({exc})", "restore the file save_pretrained wrote")
-        )
+    config = _read_adapter_config(config_path, problems)
+    if config is None:
         return (), None
-    if not isinstance(config, dict) or config.get("peft_type") not in ("LORA", None):
-        problems.append(
-            Problem(
-                str(config_path),
-                f"peft_type {config.get('peft_type') if isinstance(config, dict) else config!r} is not LORA",
-                "only LoRA adapters (LoRA, QLoRA-trained, DoRA, rsLoRA) are evaluated",
-            )
-        )
+    tensors = _safetensors_header(weights, problems)
+    if tensors is None:
+        return (), None
+    if not _check_adapter_tensors(folder, config_path, weights, config, tensors, base_dir, problems):
         return (), None
     return (
         {"role": "adapter", "path": str(weights), "sha256": sha256_file(weights)},
         {"role": "adapter_config", "path": str(config_path), "sha256": sha256_file(config_path)},
     ), config
+
+
+def _read_adapter_config(config_path: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    """adapter_config.json as PEFT would read it, checked for what a LoRA load needs: all problems at once."""
+    fix = "restore the adapter_config.json that save_pretrained wrote with the weights"
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(str(config_path), f"is not UTF-8 text (byte {exc.start})", fix))
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        what = "is empty" if not text.strip() else f"is not valid JSON ({exc})"
+        problems.append(Problem(str(config_path), what, fix))
+        return None
+    if not isinstance(config, dict):
+        problems.append(Problem(str(config_path), f"is a JSON {type(config).__name__}, not an object", fix))
+        return None
+    if config.get("peft_type") not in ("LORA", None):
+        problems.append(
+            Problem(
+                f"{config_path}: key 'peft_type'",
+                f"{config.get('peft_type')!r} is not LORA",
+                "only LoRA adapters (LoRA, QLoRA-trained, DoRA, rsLoRA) are evaluated",
+            )
+        )
+        return None
+    found = len(problems)
+    r = config.get("r")
+    if "r" not in config:
+        problems.append(Problem(f"{config_path}: key 'r'", "missing (the LoRA rank)", fix))
+    elif isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        problems.append(Problem(f"{config_path}: key 'r'", f"{r!r} is not a positive whole number", fix))
+    alpha = config.get("lora_alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+        problems.append(Problem(f"{config_path}: key 'lora_alpha'", f"{alpha!r} is not a number", fix))
+    targets = config.get("target_modules")
+    if targets is None:
+        problems.append(
+            Problem(f"{config_path}: key 'target_modules'", "missing (which modules the adapter changes)", fix)
+        )
+    elif isinstance(targets, str):
+        if not targets.strip():
+            problems.append(Problem(f"{config_path}: key 'target_modules'", "is an empty string", fix))
+    elif not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+        problems.append(
+            Problem(
+                f"{config_path}: key 'target_modules'",
+                f"{targets!r} is not a non-empty list of module names",
+                'e.g. "target_modules": ["q_proj", "v_proj"]',
+            )
+        )
+    for key in ("use_dora", "use_rslora"):
+        if key in config and not isinstance(config[key], bool):
+            problems.append(Problem(f"{config_path}: key '{key}'", f"{config[key]!r} is not true or false", fix))
+    for key in ("rank_pattern", "alpha_pattern"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            problems.append(Problem(f"{config_path}: key '{key}'", "is not an object (module -> value)", fix))
+    return config if len(problems) == found else None
+
+
+def _safetensors_header(path: Path, problems: list[Problem]) -> dict[str, list[int]] | None:
+    """name -> shape from a .safetensors header, without reading the tensors; a truncated or corrupt file is
+    an input error naming it (the header says where every tensor ends: the file must be that long)."""
+    fix = "the file is damaged: copy or save the adapter again (save_pretrained writes it)"
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                problems.append(Problem(str(path), f"is {size} bytes: too short for a safetensors file", fix))
+                return None
+            n = int.from_bytes(head, "little")
+            if n < 2 or 8 + n > size:
+                problems.append(
+                    Problem(
+                        str(path), f"is not a safetensors file or is truncated (header of {n} bytes in {size})", fix
+                    )
+                )
+                return None
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        problems.append(Problem(str(path), "has a corrupt safetensors header (not JSON)", fix))
+        return None
+    except OSError as exc:
+        problems.append(Problem(str(path), f"cannot be read ({exc.strerror})", fix))
+        return None
+    if not isinstance(header, dict):
+        problems.append(Problem(str(path), "has a corrupt safetensors header", fix))
+        return None
+    shapes: dict[str, list[int]] = {}
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            shape = [int(d) for d in info["shape"]]
+            begin, stop = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            problems.append(Problem(str(path), f"has a corrupt safetensors header (tensor {name!r})", fix))
+            return None
+        shapes[name] = shape
+        end = max(end, stop)
+    if 8 + n + end > size:
+        problems.append(Problem(str(path), f"is truncated: {size} bytes, the header says {8 + n + end}", fix))
+        return None
+    if not shapes:
+        problems.append(Problem(str(path), "holds no tensors", fix))
+        return None
+    return shapes
+
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
+UNSHAPED = ("embed_tokens", "lm_head")  # valid LoRA targets of a llama-like base whose shapes are not checked here
+
+
+def _base_shapes(base_dir: Path) -> dict[str, tuple[int, int]] | None:
+    """(in, out) features of each linear module name of a llama-like base, from its config.json; None if unknown."""
+    try:
+        cfg = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(cfg, dict) or cfg.get("model_type") not in LLAMA_LIKE:
+        return None
+    try:
+        hidden, inter, heads = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_attention_heads"])
+        kv = int(cfg.get("num_key_value_heads") or heads)
+        head_dim = int(cfg.get("head_dim") or hidden // heads)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return {
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv * head_dim),
+        "v_proj": (hidden, kv * head_dim),
+        "o_proj": (heads * head_dim, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }
+
+
+LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+
+
+def _check_adapter_tensors(
+    folder: Path,
+    config_path: Path,
+    weights: Path,
+    config: dict[str, Any],
+    tensors: dict[str, list[int]],
+    base_dir: Path | None,
+    problems: list[Problem],
+) -> bool:
+    """Ranks against the config, module names and shapes against the base (llama-like bases): before any load."""
+    found = len(problems)
+    r = config["r"]
+    patterned = bool(config.get("rank_pattern"))
+    lora = [(m.group("module"), m.group("ab"), shape) for name, shape in tensors.items() if (m := LORA_KEY.match(name))]
+    if not any("lora_" in name for name in tensors):
+        problems.append(
+            Problem(str(weights), "holds no LoRA tensors (lora_A / lora_B weights)", "pass a LoRA adapter folder")
+        )
+        return False
+    base = _base_shapes(base_dir) if base_dir is not None else None
+    targets = config["target_modules"]
+    if base is not None and isinstance(targets, list):
+        unknown = [t for t in targets if t.rsplit(".", 1)[-1] not in (*base, *UNSHAPED) and t != "all-linear"]
+        if unknown:
+            problems.append(
+                Problem(
+                    f"{config_path}: key 'target_modules'",
+                    f"{', '.join(map(repr, unknown))} not in the base model {base_dir} (it has {', '.join(base)})",
+                    "the adapter was trained on another architecture: evaluate it on its own base model",
+                )
+            )
+    for module, ab, shape in lora:
+        short = module.rsplit(".", 1)[-1]
+        if len(shape) != 2:
+            problems.append(Problem(str(weights), f"{module}.lora_{ab} has shape {shape}, not a matrix", "save again"))
+            break
+        rank = shape[0] if ab == "A" else shape[1]
+        if not patterned and rank != r:
+            problems.append(
+                Problem(
+                    str(weights),
+                    f"{module}.lora_{ab} has rank {rank}, but {config_path.name} says r = {r}",
+                    "the config and the weights come from different adapters: restore the pair save_pretrained wrote",
+                )
+            )
+            break
+        if base is not None and short in base:
+            want_in, want_out = base[short]
+            got = shape[1] if ab == "A" else shape[0]
+            want = want_in if ab == "A" else want_out
+            if got != want:
+                problems.append(
+                    Problem(
+                        str(folder),
+                        f"{module}.lora_{ab} is {shape[0]}x{shape[1]}: {short} of the base {base_dir} takes "
+                        f"{want_in} -> {want_out} features",
+                        "the adapter was trained on another base model (other size): evaluate it on that base",
+                    )
+                )
+                break
+        elif base is not None and short not in UNSHAPED:
+            problems.append(
+                Problem(
+                    str(weights),
+                    f"adapts {module}, which the base {base_dir} does not have (it has {', '.join(base)})",
+                    "the adapter was trained on another architecture: evaluate it on its own base model",
+                )
+            )
+            break
+    return len(problems) == found
+
+
+def check_adapter(folder: Path, where: str, base_spec: str) -> dict[str, Any] | None:
+    """An adapter folder a flag names, checked like a run file's (config, header, shapes against the base),
+    before any training or model work; returns its training metadata (None if trained elsewhere)."""
+    problems: list[Problem] = []
+    _adapter_sources(folder.expanduser(), where, problems, _base_folder(base_spec))
+    if problems:
+        raise HarnessInputError(problems)
+    return _training_metadata(folder.expanduser())
 
 
 def _training_metadata(adapter: Path) -> dict[str, Any] | None:
@@ -187,7 +431,10 @@ def _training_metadata(adapter: Path) -> dict[str, Any] | None:
         meta = folder / "training_metadata.json"
         if meta.is_file():
             try:
-                return json.loads(meta.read_text(encoding="utf-8"))
+                data = json.loads(meta.read_text(encoding="utf-8"))
+                if not isinstance(data, dict):
+                    raise ValueError("not an object")
+                return data
             except (ValueError, UnicodeDecodeError):
                 raise HarnessInputError(
                     Problem(
@@ -216,11 +463,20 @@ def _recorded_format(meta: dict[str, Any], suite_system: str | None) -> PromptFo
     )
 
 
+def _base_folder(base_spec: str) -> Path | None:
+    """The base model's folder when it is already on disk (a local folder, or a pulled embedded model)."""
+    from harness.models.embedded import EMBEDDED, embedded_dir
+
+    folder = embedded_dir(base_spec) if base_spec in EMBEDDED else Path(base_spec).expanduser()
+    return folder if (folder / "config.json").is_file() else None
+
+
 def resolve_variants(
     specs: tuple[VariantSpec, ...], suite_system: str | None, where: str, base_spec: str
 ) -> list[Variant]:
     """Check every variant's files and references and decide its prompt format; all problems at once."""
     problems: list[Problem] = []
+    base_dir = _base_folder(base_spec)
     names = [s.name for s in specs]
     if not specs:
         problems.append(
@@ -298,7 +554,9 @@ def resolve_variants(
             if s.derived_from in by_name and s.derived_from not in resolved and s.derived_from != s.name:
                 later.append(s)
                 continue
-            resolved[s.name] = _resolve_one(s, names.index(s.name), resolved, suite_system, where, base_spec, problems)
+            resolved[s.name] = _resolve_one(
+                s, names.index(s.name), resolved, suite_system, where, base_spec, problems, base_dir
+            )
         if len(later) == len(pending):
             problems.append(
                 Problem(
@@ -322,6 +580,7 @@ def _resolve_one(
     where: str,
     base_spec: str,
     problems: list[Problem],
+    base_dir: Path | None = None,
 ) -> Variant:
     at = f"{where}: variants[{i}] ({s.name})"
     source = done.get(s.derived_from) if s.derived_from else None
@@ -358,7 +617,7 @@ def _resolve_one(
                 )
             )
         else:
-            sources, adapter_config = _adapter_sources(path, f"{at}.path", problems)
+            sources, adapter_config = _adapter_sources(path, f"{at}.path", problems, base_dir)
             training = _training_metadata(path) if sources else None
     elif s.kind == "merged":
         if path is None:

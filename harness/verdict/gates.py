@@ -7,6 +7,7 @@ failure, never a pass: a gate that passes because nothing was measured is worse 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +55,18 @@ class CheckSpec:
     optional: bool = False  # retention only: a run without retention results has no such check (noted), not a failure
 
 
+ATTESTATIONS = ("licence", "privacy", "monitoring")  # what only a person can vouch for, by default
+_ATTESTATION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+@dataclass(frozen=True)
+class SignoffPolicy:
+    """What a sign-off on a run of this suite needs (`signoff:`, read from its own gates.yaml; strict defaults)."""
+
+    require_signature: bool = True  # false lets `harness signoff --unsigned` record an unsigned decision
+    attestations: tuple[str, ...] = ATTESTATIONS  # what an approval must attest, by name
+
+
 @dataclass(frozen=True)
 class GatePolicy:
     version: int
@@ -63,6 +76,7 @@ class GatePolicy:
     pipeline: str | None = None
     run: str | None = None  # a run file `pytest golden/<suite>` runs instead of the pipeline preset
     unknown_leakage: Literal["fail", "not_applicable"] = "fail"  # a candidate whose training data is not given
+    signoff: SignoffPolicy = SignoffPolicy()
     description: str = ""
     source: str = ""
 
@@ -161,15 +175,32 @@ def expected_check_ids(spec: CheckSpec, infos: list[VariantInfo]) -> list[str]:
     ]
 
 
-def load_policy(path: Path, variant_names: list[str] | None = None) -> GatePolicy:
+def load_policy(path: Path, variant_names: list[str] | None = None, suite: Any = None) -> GatePolicy:
     """Strict: unknown keys, bad kinds and checks missing what their kind needs are all reported at once.
 
-    With the run's variant names, a check naming a variant the run does not have is an error too.
+    With the run's variant names, a check naming a variant the run does not have is an error too. A metric
+    is checked against what the suite's scorers emit per case: `suite`, else the suite next to the policy
+    file (a policy lives in its suite's folder), else every metric the registry's scorers can emit.
     """
     raw = read_yaml(path, "a gate policy (see golden/README.md)")
     problems: list[Problem] = []
     policy = build(GatePolicy, raw, str(path), problems)
     if policy is not None:
+        if not 0 < policy.alpha < 1:
+            problems.append(
+                Problem(
+                    f"{path}.alpha", f"{policy.alpha} is out of range", "use a significance level in (0, 1), e.g. 0.05"
+                )
+            )
+        if policy.bootstrap_resamples < 1:
+            problems.append(
+                Problem(
+                    f"{path}.bootstrap_resamples",
+                    f"must be at least 1, got {policy.bootstrap_resamples}",
+                    "use 2000 (more is steadier and slower)",
+                )
+            )
+        metric_args = _suite_metrics(path, suite)
         seen: set[str] = set()
         for i, c in enumerate(policy.checks):
             if c is None:
@@ -208,6 +239,12 @@ def load_policy(path: Path, variant_names: list[str] | None = None) -> GatePolic
                 problems.append(
                     Problem(f"{where}.metric", "missing", "name a scorer, e.g. format_strict, tone, safety, safety:pii")
                 )
+            elif needs_metric and c.metric:
+                from harness.scoring.registry import metric_problem
+
+                bad = metric_problem(c.metric, *metric_args)
+                if bad is not None:
+                    problems.append(Problem(f"{where}.metric", *bad))
             if c.kind == "threshold" and c.min_lower_bound is None:
                 problems.append(
                     Problem(f"{where}.min_lower_bound", "missing", "a threshold check needs min_lower_bound (0..1)")
@@ -224,15 +261,62 @@ def load_policy(path: Path, variant_names: list[str] | None = None) -> GatePolic
                 problems.append(
                     Problem(f"{where}.baseline", "missing", "retention compares with a baseline, usually base")
                 )
+            if c.min_lower_bound is not None and not 0 <= c.min_lower_bound <= 1:
+                problems.append(
+                    Problem(
+                        f"{where}.min_lower_bound",
+                        f"{c.min_lower_bound} is out of range",
+                        "a lower bound on a pass rate is between 0 and 1",
+                    )
+                )
             if not 0 <= c.margin < 1:
                 problems.append(
                     Problem(f"{where}.margin", f"{c.margin} is out of range", "use a fraction such as 0.05")
                 )
+        problems += _signoff_problems(policy.signoff, f"{path}: signoff")
     if problems:
         raise HarnessInputError(problems)
     from dataclasses import replace
 
     return replace(policy, source=str(path))
+
+
+def _suite_metrics(path: Path, suite: Any) -> tuple[Any, Any, Any]:
+    """(scorer names, labels, tone rule names) of the suite a policy judges; None for what is not known."""
+    if suite is None and (path.parent / "suite.yaml").is_file():
+        from harness.suite.suite import load_suite
+
+        try:
+            suite = load_suite(path.parent)
+        except HarnessInputError:  # the suite's own problems are reported by harness check; not here
+            suite = None
+    if suite is None:
+        return None, None, None
+    tone = suite.tone.rule_names() if suite.tone is not None else ()
+    return tuple(suite.scorers), tuple(suite.labels), tuple(tone)
+
+
+def _signoff_problems(signoff: SignoffPolicy | None, where: str) -> list[Problem]:
+    """Attestation names become flags (`--attest NAME=...`) and ledger keys: short, lower case, unique."""
+    if signoff is None:
+        return []
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for i, name in enumerate(signoff.attestations):
+        if name is None:
+            continue
+        if not _ATTESTATION_NAME.match(name):
+            problems.append(
+                Problem(
+                    f"{where}.attestations[{i}]",
+                    f"{name!r} is not a short lower-case name",
+                    "use letters, digits, - and _, starting with a letter, e.g. licence",
+                )
+            )
+        elif name in seen:
+            problems.append(Problem(f"{where}.attestations[{i}]", f"{name!r} is listed twice", "list it once"))
+        seen.add(name)
+    return problems
 
 
 def _values(rows: list[dict[str, Any]], variant: str, metric: str, tags: tuple[str, ...]) -> dict[str, float]:
@@ -307,7 +391,8 @@ def _leakage_check(
     h, trained = _hygiene_for(report, target, infos)
     if not h:
         why = (
-            f"golden leakage unknown: the training data of {trained} was not given (add `training_data:` to it in the run file, "
+            f"golden leakage unknown: the training data of {trained} was not given "
+            "(add `training_data:` to it in the run file, "
             f"pass `--training-data {trained}=FILE` to harness compare, or train it with the harness)"
         )
         if policy.unknown_leakage == "fail":
@@ -379,7 +464,10 @@ def _applies(metric: str | None, target: VariantInfo, infos: list[VariantInfo]) 
     if metric == "safety:canary" and target.canaries is not None:
         chain = _chain(target, infos)
         if not next((i for i in chain if i.canaries != 0), chain[-1]).canaries:
-            return f"no canaries were planted in the training data of {target.name}: there is nothing it could have memorised to find"
+            return (
+                f"no canaries were planted in the training data of {target.name}: "
+                "there is nothing it could have memorised to find"
+            )
     return None
 
 
@@ -399,7 +487,8 @@ def evaluate_gates(
         if spec.kind == "retention":
             if not report.get("retention") and spec.optional:
                 notes.append(
-                    f"{spec.id}: capability retention was not run (harness pipeline --retention); no retention check this time"
+                    f"{spec.id}: capability retention was not run (harness pipeline --retention); "
+                    "no retention check this time"
                 )
                 continue
             checks += _retention_checks(spec, report, policy, infos)
@@ -410,7 +499,10 @@ def evaluate_gates(
                 _not_applicable(
                     spec,
                     None,
-                    f"this run has no variant that {spec.id} applies to ({', '.join(spec.variants or DEFAULT_TARGETS.get(spec.kind, ('candidates',)))})",
+                    (
+                        f"this run has no variant that {spec.id} applies to "
+                        f"({', '.join(spec.variants or DEFAULT_TARGETS.get(spec.kind, ('candidates',)))})"
+                    ),
                 )
             )
             continue
@@ -436,7 +528,10 @@ def evaluate_gates(
                     verdict, why = "fail", f"zero cases scored for {spec.metric}: a gate never passes on nothing"
                 else:
                     verdict = "pass" if ci[0] >= t else "fail" if ci[1] < t else "inconclusive"
-                    why = f"{spec.metric} {k}/{n} = {k / n:.3f}, 95% Wilson interval [{ci[0]:.3f}, {ci[1]:.3f}] against lower-bound threshold {t}"
+                    why = (
+                        f"{spec.metric} {k}/{n} = {k / n:.3f}, 95% Wilson interval [{ci[0]:.3f}, {ci[1]:.3f}] "
+                        f"against lower-bound threshold {t}"
+                    )
                 failed = [cid for cid, v in cand.items() if v < 1][:5]
                 checks.append(
                     _check(
@@ -536,7 +631,8 @@ def evaluate_gates(
             res = compare_paired(before, after, spec.margin, binary, policy.alpha, policy.bootstrap_resamples)
             if res["n"]:
                 res["explanation"] = (
-                    f"{spec.metric} {variant} {res['value']:.3f} vs {label} {res['baseline_value']:.3f}: difference {res['delta']:+.3f}, "
+                    f"{spec.metric} {variant} {res['value']:.3f} vs {label} {res['baseline_value']:.3f}: "
+                    f"difference {res['delta']:+.3f}, "
                     f"95% interval [{res['delta_ci95'][0]:+.3f}, {res['delta_ci95'][1]:+.3f}], margin {spec.margin}"
                     + (
                         f", exact McNemar p(worse)={res['p_value']:.3g} ({res['broken']} broken, {res['fixed']} fixed)"
@@ -616,8 +712,10 @@ def _retention_checks(
             )
             if cmp["n"]:
                 cmp["explanation"] = (
-                    f"{task} {variant} {cmp['value']:.3f} vs {baseline} {cmp['baseline_value']:.3f}: difference {cmp['delta']:+.3f}, "
-                    f"95% interval [{cmp['delta_ci95'][0]:+.3f}, {cmp['delta_ci95'][1]:+.3f}], margin {spec.margin}, exact McNemar p(worse)={cmp['p_value']:.3g}"
+                    f"{task} {variant} {cmp['value']:.3f} vs {baseline} {cmp['baseline_value']:.3f}: "
+                    f"difference {cmp['delta']:+.3f}, "
+                    f"95% interval [{cmp['delta_ci95'][0]:+.3f}, {cmp['delta_ci95'][1]:+.3f}], margin {spec.margin}, "
+                    f"exact McNemar p(worse)={cmp['p_value']:.3g}"
                 )
             c = _check(spec, variant, mde=mde(cmp["n"], cmp.get("baseline_value"), policy.alpha), **cmp)
             c["id"] = f"{variant}.{spec.id}.{task}"

@@ -2,6 +2,8 @@
 
 Each line of `<reports_dir>/ledger.jsonl` is one sign-off that carries the SHA-256 of the report it
 signed and the hash of the line before it, so editing, reordering or removing a line breaks the chain.
+A signed entry also carries an ed25519 signature over `signed_payload(entry)` (harness.verdict.signing);
+the hash covers the signature, and the signature covers prev_hash, so a signature cannot be moved or dropped.
 Removing the *last* line leaves a valid chain, so a small head file (`ledger.head.json`) records how
 many entries there are and the last hash. The ledger is only ever appended to, under an exclusive lock,
 so the CLI and the app can sign off at the same time.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,11 +29,50 @@ LOCK_FILE = ".ledger.lock"
 DECISIONS = ("approve", "reject")
 GENESIS = "0" * 64
 ENTRY_KEYS = ("seq", "at", "run_id", "report_sha256", "verdict", "by", "decision", "note", "prev_hash", "hash")
+NOT_SIGNED = ("signature", "hash")  # what the signature cannot cover: itself, and the hash computed over it
+LEDGER_FIX = "restore the ledger files from a backup, or pass the reports folder that holds them with --reports-dir"
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
     """The hash covers every field but itself, in canonical JSON, so any edit changes it."""
     return sha256_json({k: v for k, v in entry.items() if k != "hash"})
+
+
+def signed_payload(entry: dict[str, Any]) -> bytes:
+    """What a signer signs: the entry's canonical JSON without the signature and the hash computed over it."""
+    body = {k: v for k, v in entry.items() if k not in NOT_SIGNED}
+    return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def check_ledger_paths(reports_dir: Path) -> None:
+    """Refuse a reports path that is a file, or ledger files that are folders, before anything reads or writes."""
+    if reports_dir.exists() and not reports_dir.is_dir():
+        raise HarnessInputError(
+            Problem(str(reports_dir), "is not a folder", "pass the reports folder with --reports-dir")
+        )
+    for name in (LEDGER_FILE, HEAD_FILE, LOCK_FILE):
+        path = reports_dir / name
+        if path.exists() and not path.is_file():
+            raise HarnessInputError(
+                Problem(str(path), "is a folder, not a ledger file", f"move it out of the way; {LEDGER_FIX}")
+            )
+
+
+def require_ledger(reports_dir: Path) -> None:
+    """A ledger to read: a missing or mistyped reports folder is an input error, never an intact empty ledger."""
+    check_ledger_paths(reports_dir)
+    if not reports_dir.exists():
+        raise HarnessInputError(
+            Problem(str(reports_dir), "no such reports folder", "check --reports-dir (default: reports)")
+        )
+    if not (reports_dir / LEDGER_FILE).exists() and not (reports_dir / HEAD_FILE).exists():
+        raise HarnessInputError(
+            Problem(
+                str(reports_dir / LEDGER_FILE),
+                "no ledger found: no sign-off was ever recorded in this reports folder",
+                "check --reports-dir; the first `harness signoff` creates the ledger",
+            )
+        )
 
 
 def resolve_run_dir(reports_dir: Path, run_id: str) -> Path:
@@ -95,6 +136,7 @@ def _locked(reports_dir: Path) -> Iterator[None]:
 
 def _read_lines(path: Path) -> list[tuple[int, dict[str, Any] | None, str]]:
     """(line number, entry or None, why it could not be read) for every non-blank line."""
+    check_ledger_paths(path.parent)
     if not path.exists():
         return []
     out: list[tuple[int, dict[str, Any] | None, str]] = []
@@ -135,7 +177,10 @@ def _read_head(reports_dir: Path) -> tuple[dict[str, Any] | None, str]:
     ):
         return (
             None,
-            f'{path}: should be {{"entries": int, "last_hash": str}}; the head was damaged, so a removed last entry cannot be ruled out',
+            (
+                f'{path}: should be {{"entries": int, "last_hash": str}}; '
+                "the head was damaged, so a removed last entry cannot be ruled out"
+            ),
         )
     return head, ""
 
@@ -156,7 +201,8 @@ def _chain_problems(reports_dir: Path, rows: list[tuple[int, dict[str, Any] | No
         label = f"{where} (seq {entry['seq']}, run {entry['run_id']!r})"
         if entry_hash(entry) != entry["hash"]:
             problems.append(
-                f"{label}: the stored hash does not match the entry's contents, so the entry was edited after it was signed"
+                f"{label}: the stored hash does not match the entry's contents, "
+                "so the entry was edited after it was signed"
             )
         if chain_known:
             if prev is None:
@@ -166,12 +212,14 @@ def _chain_problems(reports_dir: Path, rows: list[tuple[int, dict[str, Any] | No
             want_prev = GENESIS if prev is None else prev["hash"]
             if want_seq is not None and entry["seq"] != want_seq:
                 problems.append(
-                    f"{label}: seq is {entry['seq']}, expected {want_seq}, so an entry before it was removed or the lines were reordered"
+                    f"{label}: seq is {entry['seq']}, expected {want_seq}, "
+                    "so an entry before it was removed or the lines were reordered"
                 )
             if entry["prev_hash"] != want_prev:
                 before = "the start of the ledger" if prev is None else f"the entry before it (seq {prev['seq']})"
                 problems.append(
-                    f"{label}: prev_hash does not match the hash of {before}, so an entry was removed, inserted or reordered"
+                    f"{label}: prev_hash does not match the hash of {before}, "
+                    "so an entry was removed, inserted or reordered"
                 )
         prev, chain_known = entry, True
 
@@ -183,21 +231,25 @@ def _chain_problems(reports_dir: Path, rows: list[tuple[int, dict[str, Any] | No
     head_path = reports_dir / HEAD_FILE
     if head is None and not head_problem and n:
         problems.append(
-            f"{head_path}: is missing while {ledger} has {n} entries; the head was deleted, so a removed last entry cannot be ruled out"
+            f"{head_path}: is missing while {ledger} has {n} entries; "
+            "the head was deleted, so a removed last entry cannot be ruled out"
         )
     elif head is not None:
         if head["entries"] > n:
             where_from = "from the end (truncated tail)" if not problems else "(see the lines above)"
             problems.append(
-                f"{head_path}: records {head['entries']} entries but {ledger} has {n}, so {head['entries'] - n} were removed {where_from}"
+                f"{head_path}: records {head['entries']} entries but {ledger} has {n}, "
+                f"so {head['entries'] - n} were removed {where_from}"
             )
         elif head["entries"] < n:
             problems.append(
-                f"{head_path}: records {head['entries']} entries but {ledger} has {n}; lines were added without updating the head (a crash mid-append, or a forged line)"
+                f"{head_path}: records {head['entries']} entries but {ledger} has {n}; "
+                "lines were added without updating the head (a crash mid-append, or a forged line)"
             )
         elif n and head["last_hash"] != last_hash:
             problems.append(
-                f"{head_path}: last_hash does not match the hash of the last line of {ledger} (line {rows[-1][0]}), so the last entry was replaced"
+                f"{head_path}: last_hash does not match the hash of the last line of {ledger} "
+                f"(line {rows[-1][0]}), so the last entry was replaced"
             )
     return problems
 
@@ -217,7 +269,8 @@ def _report_problems(reports_dir: Path) -> list[str]:
         now = sha256_file(report)
         if now != entry["report_sha256"]:
             problems.append(
-                f"{where}: {report} changed after this sign-off (signed sha256 {str(entry['report_sha256'])[:12]}, now {now[:12]}); "
+                f"{where}: {report} changed after this sign-off "
+                f"(signed sha256 {str(entry['report_sha256'])[:12]}, now {now[:12]}); "
                 "the sign-off no longer covers it, sign the new report again"
             )
     return problems
@@ -235,17 +288,48 @@ def verify_ledger(reports_dir: Path, check_reports: bool = True) -> list[str]:
     return problems
 
 
-def ledger_history(reports_dir: Path, run_id: str | None = None) -> list[dict[str, Any]]:
-    """Readable entries in ledger order, optionally for one run; damaged lines are left to verify_ledger."""
-    entries = [e for _, e, _ in _read_lines(reports_dir / LEDGER_FILE) if e is not None]
+def ledger_history(reports_dir: Path, run_id: str | None = None, strict: bool = False) -> list[dict[str, Any]]:
+    """Readable entries in ledger order, optionally for one run.
+
+    strict: a damaged line is an input error naming its line number (what `harness ledger show` needs: a list
+    that silently skips a line would misreport the history); otherwise damaged lines are left to verify_ledger.
+    """
+    rows = _read_lines(reports_dir / LEDGER_FILE)
+    if strict:
+        ledger = reports_dir / LEDGER_FILE
+        damaged = [
+            Problem(f"{ledger}:{lineno}", f"the line {why}", f"run `harness ledger verify`; {LEDGER_FIX}")
+            for lineno, entry, why in rows
+            if entry is None
+        ]
+        if damaged:
+            raise HarnessInputError(damaged)
+    entries = [e for _, e, _ in rows if e is not None]
     return [e for e in entries if run_id is None or e.get("run_id") == run_id]
 
 
-def append_signoff(reports_dir: Path, run_id: str, by: str, decision: str, note: str) -> dict[str, Any]:
+def entry_lines(reports_dir: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, entry) for every readable entry, for reports that name the line."""
+    return [(lineno, e) for lineno, e, _ in _read_lines(reports_dir / LEDGER_FILE) if e is not None]
+
+
+def append_signoff(
+    reports_dir: Path,
+    run_id: str,
+    by: str,
+    decision: str,
+    note: str,
+    extra: dict[str, Any] | None = None,
+    sign: Callable[[bytes], str] | None = None,
+) -> dict[str, Any]:
     """Record one approve/reject decision on a run's report; returns the entry as written.
 
-    Refuses to extend a ledger whose chain is already broken: a new entry would hide the damage.
+    Refuses to extend a ledger whose chain is already broken: a new entry would hide the damage. `extra` adds
+    fields (signer, attestations, checklist); `sign` turns signed_payload(entry) into the entry's signature,
+    under the lock, once seq and prev_hash are known. The sign-off policy (is a signature required, what must
+    be attested) is harness.verdict.signoff's, which calls this.
     """
+    check_ledger_paths(reports_dir)
     problems: list[Problem] = []
     if decision not in DECISIONS:
         problems.append(Problem("decision", f"is {decision!r}", f"use one of: {', '.join(DECISIONS)}"))
@@ -311,6 +395,11 @@ def append_signoff(reports_dir: Path, run_id: str, by: str, decision: str, note:
             "note": note,
             "prev_hash": last["hash"] if last else GENESIS,
         }
+        clash = sorted(set(extra or {}) & {*entry, *NOT_SIGNED})
+        if clash:
+            raise ValueError(f"extra fields may not replace {clash}")
+        entry.update(extra or {})
+        entry["signature"] = sign(signed_payload(entry)) if sign is not None else None
         entry["hash"] = entry_hash(entry)
         line = json.dumps(entry, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
         with ledger.open("ab") as handle:

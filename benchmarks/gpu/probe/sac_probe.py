@@ -1,4 +1,5 @@
-"""Probe: which ops does the selective-checkpoint policy see in a compiled nf4 layer, and does MUST_SAVE change what is saved?"""
+"""Probe: which ops does the selective-checkpoint policy see in a compiled nf4 layer, and does MUST_SAVE
+change what is saved?"""
 
 import collections
 import sys
