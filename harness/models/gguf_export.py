@@ -5,6 +5,11 @@ promises llama.cpp can consume it. This runs the official `convert_hf_to_gguf.py
 subprocess and checks the file with `gguf.GGUFReader`: the architecture, the tensor count against the
 safetensors, and that the tokenizer is embedded.
 
+4-bit output (`--outtype q4_0` or `q4_1`): the converter cannot write it, so the folder is converted to f32
+in a temporary folder and requantized with gguf-py's reference quantizer (harness/models/gguf_quantize.py).
+K-quants (q4_k_m, ...) need llama.cpp's C++ `llama-quantize`; `harness compare` scores such a file the same
+way when one is brought (transformers dequantizes it on load).
+
 Converter: `--converter PATH/convert_hf_to_gguf.py`, else $LLAMA_CPP_CONVERTER, else the copy that
 `scripts/fetch_llama_cpp_converter.sh` puts in $LLAMA_CPP_DIR or the harness cache's llama.cpp/.
 Bad input raises HarnessInputError (exit 2); a failed or unfaithful conversion raises ConversionError
@@ -25,11 +30,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.errors import HarnessInputError
+from harness.io import atomic_output
 from harness.models.embedded import cache_dir
+from harness.models.gguf_quantize import REQUANT_TYPES, requantize
 
 ENV_CONVERTER = "LLAMA_CPP_CONVERTER"
 FETCH_SCRIPT = "scripts/fetch_llama_cpp_converter.sh"
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+CONVERTER_OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes itself
+OUTTYPES = CONVERTER_OUTTYPES + tuple(REQUANT_TYPES)  # q4_0, q4_1: converted to f32, then requantized here
 STDERR_TAIL = 15
 
 
@@ -68,6 +76,7 @@ class GGUFSummary:
     n_tokens: int
     n_merges: int
     has_chat_template: bool
+    file_type: str | None = None  # general.file_type without MOSTLY_ (F16, Q8_0, Q4_0, ...)
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,10 @@ def resolve_converter(arg: str | Path | None = None) -> Path:
             f"--converter PATH/convert_hf_to_gguf.py from a llama.cpp checkout, or set ${ENV_CONVERTER}"
         )
     if not (path.parent / "gguf-py").is_dir():
-        raise HarnessInputError(f"{path.parent} has no gguf-py/ next to convert_hf_to_gguf.py; use a whole llama.cpp tree or the fetch script")
+        raise HarnessInputError(
+            f"{path.parent} has no gguf-py/ next to convert_hf_to_gguf.py; "
+            "use a whole llama.cpp tree or the fetch script"
+        )
     return path.resolve()
 
 
@@ -222,6 +234,13 @@ def read_gguf(path: Path) -> GGUFSummary:
     name = value("general.name")
     tok_model = value("tokenizer.ggml.model")
     tok_pre = value("tokenizer.ggml.pre")
+    file_type = value("general.file_type")
+    file_type_name = None
+    if file_type is not None:
+        try:
+            file_type_name = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
+        except ValueError:
+            file_type_name = f"unknown ({file_type})"
     return GGUFSummary(
         path=path,
         architecture=str(arch) if arch is not None else "",
@@ -234,12 +253,23 @@ def read_gguf(path: Path) -> GGUFSummary:
         n_tokens=length("tokenizer.ggml.tokens"),
         n_merges=length("tokenizer.ggml.merges"),
         has_chat_template=reader.get_field("tokenizer.chat_template") is not None,
+        file_type=file_type_name,
     )
 
 
-def verify(source: SourceInfo, summary: GGUFSummary) -> list[str]:
-    """Mismatches between the folder and its GGUF; empty when the conversion is faithful."""
+def verify(source: SourceInfo, summary: GGUFSummary, outtype: str | None = None) -> list[str]:
+    """Mismatches between the folder and its GGUF; empty when the conversion is faithful.
+
+    For a requantized `outtype` (q4_0, q4_1) the declared file type and the tensors must carry that type too:
+    a scorer keys its parity bounds on the file type.
+    """
     problems: list[str] = []
+    if outtype in REQUANT_TYPES:
+        tensor_type, file_type = REQUANT_TYPES[outtype]
+        if summary.file_type != file_type.removeprefix("MOSTLY_"):
+            problems.append(f"general.file_type is {summary.file_type}, expected {file_type}")
+        if not summary.tensor_types.get(tensor_type):
+            problems.append(f"no tensor is stored as {tensor_type}")
     if not summary.architecture:
         problems.append("general.architecture is missing")
     elif source.model_type == "llama" and summary.architecture != "llama":
@@ -255,9 +285,13 @@ def verify(source: SourceInfo, summary: GGUFSummary) -> list[str]:
 
 def convert_and_check(merged: Path, converter: str | Path | None = None, outtype: str = "f16",
                       outfile: Path | None = None, timeout: float = 600.0) -> CheckResult:
-    """Convert `merged` with llama.cpp's converter and check the GGUF; keep it only if `outfile` is given."""
+    """Convert `merged` with llama.cpp's converter and check the GGUF; keep it only if `outfile` is given.
+
+    q4_0 and q4_1 are converted to f32 in a temporary folder, then requantized (one rounding, not two).
+    The kept file is written under a temporary name in its folder and renamed, so it is never half-written.
+    """
     if outtype not in OUTTYPES:
-        raise HarnessInputError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
+        raise HarnessInputError(_outtype_problem(outtype))
     source = inspect_source(Path(merged))
     conv = resolve_converter(converter)
     stamp = conv.parent / "VERSION"
@@ -268,10 +302,27 @@ def convert_and_check(merged: Path, converter: str | Path | None = None, outtype
                      "transformers 4.57.6 cannot load that class; PreTrainedTokenizerFast works with both")
     with tempfile.TemporaryDirectory(prefix="gguf-check-") as tmp:
         target = Path(outfile) if outfile is not None else Path(tmp) / "model.gguf"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        seconds = run_converter(conv, source.path, target, outtype, timeout)
+        if outtype in REQUANT_TYPES:
+            intermediate = Path(tmp) / "model-f32.gguf"
+            seconds = run_converter(conv, source.path, intermediate, "f32", timeout)
+            start = time.perf_counter()
+            done = requantize(intermediate, target, outtype)
+            requant_s = time.perf_counter() - start
+            seconds += requant_s
+            types = ", ".join(f"{k} {v}" for k, v in sorted(done.tensor_types.items()))
+            head = (f"; {done.output_tensor} (the output matrix) in Q8_0, where llama-quantize writes Q6_K "
+                    "(Q8_0 when the row length is not a multiple of 256)") if done.output_tensor else ""
+            notes.append(
+                f"converted to f32, then requantized to {done.file_type} with gguf-py's reference quantizer in "
+                f"{requant_s:.1f} s: {types} (1-D tensors stay F32{head})"
+            )
+            if done.kept_float:
+                notes.append(f"kept in F32 (row length not a multiple of the block size): {', '.join(done.kept_float)}")
+        else:
+            with atomic_output(target) as partial:
+                seconds = run_converter(conv, source.path, partial, outtype, timeout)
         summary = read_gguf(target)
-        problems = verify(source, summary)
+        problems = verify(source, summary, outtype)
         if outfile is None:
             summary = replace(summary, path=Path("(temporary, deleted)"))
     if problems:
@@ -279,15 +330,30 @@ def convert_and_check(merged: Path, converter: str | Path | None = None, outtype
     return CheckResult(source, summary, conv, version, outtype, seconds, notes)
 
 
+def _outtype_problem(outtype: str) -> str:
+    """What is wrong with an --outtype and what to use instead; k-quants name the tool that writes them."""
+    message = f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}"
+    if "_k" in outtype.lower() or outtype.lower().startswith("iq"):
+        message += (
+            f" ({outtype} needs llama.cpp's C++ llama-quantize: convert with --outtype f16 and run "
+            "`llama-quantize merged-f16.gguf out.gguf " + outtype.upper() + "`; harness compare scores the result)"
+        )
+    else:
+        message += "; pick one of those (q4_0 and q4_1 are requantized from f32 with gguf-py's reference quantizer)"
+    return message
+
+
 def render(result: CheckResult) -> str:
     """Human-readable summary, one fact per line."""
     g, s = result.gguf, result.source
     types = ", ".join(f"{k} {v}" for k, v in sorted(g.tensor_types.items()))
     lines = [
-        f"converted {s.path} with {result.converter} ({result.converter_version or 'version unknown'}) in {result.seconds:.1f} s",
+        f"converted {s.path} with {result.converter} ({result.converter_version or 'version unknown'}) "
+        f"in {result.seconds:.1f} s",
         f"  architecture: {g.architecture} (config: model_type {s.model_type}, {', '.join(s.architectures) or '-'})",
         f"  tensors:      {g.n_tensors} (safetensors: {s.n_tensors}); {types}",
-        f"  size:         {g.size_bytes / 2**20:.1f} MiB ({g.size_bytes} bytes), outtype {result.outtype}",
+        f"  size:         {g.size_bytes / 2**20:.1f} MiB ({g.size_bytes} bytes), outtype {result.outtype}, "
+        f"file type {g.file_type or 'not declared'}",
         f"  tokenizer:    {g.tokenizer_model} (pre {g.tokenizer_pre}), {g.n_tokens} tokens, {g.n_merges} merges, "
         f"chat template {'embedded' if g.has_chat_template else 'absent'}",
         f"  output:       {g.path}",
