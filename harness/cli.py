@@ -283,7 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
             "else the one scripts/fetch_llama_cpp_converter.sh put in the cache)"
         ),
     )
-    gg.add_argument("--outtype", default="f16", help="GGUF tensor type: f32, f16, bf16 or q8_0 (default f16)")
+    gg.add_argument(
+        "--outtype",
+        default="f16",
+        help="GGUF tensor type: f32, f16, bf16, q8_0, q4_0 or q4_1 (default f16; the 4-bit types are requantized "
+        "from f32 with gguf-py's reference quantizer)",
+    )
     gg.add_argument(
         "--outfile", type=Path, default=None, help="keep the GGUF here (default: a temporary file, deleted)"
     )

@@ -125,6 +125,24 @@ def test_q4_1_with_an_untied_output_matrix(tmp_path: Path) -> None:
     assert result.tensor_types == {"Q4_1": 3, "Q8_0": 1, "F32": 3}
 
 
+def test_a_source_already_on_the_grid_is_told_apart(tmp_path: Path) -> None:
+    """Q4_1 of weights dequantized from Q4_1 (the embedded SmolLM2) barely moves them: a merged delta smaller
+    than the rounding step would be rounded away, so the result says so; trained-looking weights move ~9%."""
+    tensors = _tensors(np.random.default_rng(5))
+    plain = requantize(_float_gguf(tmp_path / "plain.gguf", tensors), tmp_path / "plain-q4_1.gguf", "q4_1")
+    snapped = {
+        name: gguf.quants.dequantize(gguf.quants.quantize(a.astype(np.float32), gguf.GGMLQuantizationType.Q4_1),
+                                     gguf.GGMLQuantizationType.Q4_1).reshape(a.shape)
+        if a.ndim == 2 and a.shape[-1] % 32 == 0 else a
+        for name, a in tensors.items()
+    }
+    on_grid = requantize(_float_gguf(tmp_path / "grid.gguf", snapped), tmp_path / "grid-q4_1.gguf", "q4_1")
+    assert plain.rounding_rel is not None and 0.05 < plain.rounding_rel < 0.15 and not plain.already_on_grid
+    assert on_grid.rounding_rel is not None and on_grid.rounding_rel < 1e-3 and on_grid.already_on_grid
+    again = requantize(tmp_path / "grid.gguf", tmp_path / "grid-q4_0.gguf", "q4_0")  # another grid: not flagged
+    assert not again.already_on_grid
+
+
 def test_plan_follows_llama_quantize() -> None:
     plan = plan_types(
         [("token_embd.weight", (10, 576)), ("blk.0.attn_k.weight", (192, 576)), ("blk.0.ffn_norm.weight", (576,)),
@@ -244,3 +262,11 @@ def test_unknown_outtype_exits_2_with_one_message(tmp_path: Path, outtype: str, 
 
 def test_outtypes_match_the_requantizer() -> None:
     assert set(gguf_export.OUTTYPES) == set(gguf_export.CONVERTER_OUTTYPES) | set(gguf_quantize.REQUANT_TYPES)
+
+
+def test_round_trip_rel_gives_the_rounding_an_untouched_matrix_shows() -> None:
+    w = np.random.default_rng(6).normal(0, 0.05, (64, 128)).astype(np.float32)
+    q4, q8 = gguf_quantize.round_trip_rel(w, "Q4_0"), gguf_quantize.round_trip_rel(w, "q8_0")
+    assert q4 is not None and 0.05 < q4 < 0.15 and q8 is not None and q8 < 0.01
+    assert gguf_quantize.round_trip_rel(w, "Q4_K") is None  # gguf-py has no k-quant quantizer
+    assert gguf_quantize.round_trip_rel(w[:, :48], "Q4_0") is None and gguf_quantize.round_trip_rel(w, "nope") is None

@@ -316,6 +316,14 @@ def convert_and_check(merged: Path, converter: str | Path | None = None, outtype
                 f"converted to f32, then requantized to {done.file_type} with gguf-py's reference quantizer in "
                 f"{requant_s:.1f} s: {types} (1-D tensors stay F32{head})"
             )
+            if done.already_on_grid:
+                notes.append(
+                    f"warning: {done.file_type} rounding moved the weights by only {done.rounding_rel:.2%} (median; "
+                    f"trained weights move ~9%): the folder was already on the {done.file_type} grid, i.e. its base "
+                    f"was dequantized from {done.file_type}, and a merged adapter's delta smaller than the rounding "
+                    "step is rounded away with it; harness compare would report derived_lacks_adapter. "
+                    "Use another type (q4_0, q8_0) for this base"
+                )
             if done.kept_float:
                 notes.append(f"kept in F32 (row length not a multiple of the block size): {', '.join(done.kept_float)}")
         else:
@@ -358,5 +366,5 @@ def render(result: CheckResult) -> str:
         f"chat template {'embedded' if g.has_chat_template else 'absent'}",
         f"  output:       {g.path}",
     ]
-    lines += [f"note: {n}" for n in result.notes]
+    lines += [n if n.startswith("warning: ") else f"note: {n}" for n in result.notes]
     return "\n".join(lines)

@@ -684,8 +684,16 @@ def _derived_checks(run: Run, v: Variant, model: Any) -> list[dict[str, Any]]:
         kind = _stored_dtype(v.path) or kind
     quantized = v.kind == "gguf" and str(kind).upper() not in ("F32", "ALL_F32", "F16", "BF16")
     storage = f"{kind}" + (" GGUF" if v.kind == "gguf" else "")
+    file_type = kind if v.kind == "gguf" else None
     w = weight_diagnosis(
-        v.name, derived_state, base_state, deltas, adapter.name if adapter else None, storage, quantized
+        v.name,
+        derived_state,
+        base_state,
+        deltas,
+        adapter.name if adapter else None,
+        storage,
+        quantized,
+        file_type=file_type,
     )
     run.weight_checks[v.name] = {k: val for k, val in w.items() if k != "findings"}
     out += w["findings"]

@@ -191,6 +191,17 @@ def _nf4_error(weight: torch.Tensor) -> torch.Tensor | None:
     return bnbf.dequantize_4bit(q, state).float() - w
 
 
+def _other_base_bound(base_w: torch.Tensor, file_type: str | None) -> float:
+    """How far an untouched matrix may move before the base itself differs: OTHER_BASE, or for a block-quantized
+    GGUF type 1.5x that type's own round trip of this matrix plus 1% (only computed where OTHER_BASE is passed)."""
+    if file_type is None or file_type.upper() in ("F32", "ALL_F32", "F16", "BF16"):
+        return OTHER_BASE
+    from harness.models.gguf_quantize import round_trip_rel
+
+    rt = round_trip_rel(base_w.float().cpu().numpy(), file_type)
+    return OTHER_BASE if rt is None else max(OTHER_BASE, 1.5 * rt + 0.01)
+
+
 def weight_diagnosis(
     name: str,
     derived_state: dict[str, torch.Tensor],
@@ -200,6 +211,7 @@ def weight_diagnosis(
     storage: str,
     quantized: bool = False,
     lowrank: dict[str, torch.Tensor] | None = None,
+    file_type: str | None = None,
 ) -> dict[str, Any]:
     """Compare a derived model's weights with base + the adapter's delta; a finding names the likely cause.
 
@@ -209,6 +221,8 @@ def weight_diagnosis(
     `lowrank` (default: `deltas.lowrank` of an `AdapterDeltas`): B·A·scaling of the DoRA layers, whose true delta
     also holds the magnitude rescale; a derived model that is base + that alone was merged as if it were plain LoRA.
     An `AdapterDeltas` also says what a merge into nf4-dequantized weights leaves, per layer (`nf4_residual`).
+    `file_type` (a GGUF's, e.g. Q4_0): an untouched matrix may move by that type's own round trip (~9% at 4
+    bits) before it counts as another base.
     """
     lowrank = getattr(deltas, "lowrank", {}) if lowrank is None else lowrank
     nf4_residual = getattr(deltas, "nf4_residual", None)  # DoRA: the nf4 error as its rescale transforms it
@@ -290,15 +304,21 @@ def weight_diagnosis(
         return out
     worst = max(untouched_rel, default=(0.0, ""))
     out["untouched_max_rel_change"] = worst[0]
-    if worst[0] > OTHER_BASE:
+    beyond = [
+        (rel, key)
+        for rel, key in untouched_rel
+        if rel > OTHER_BASE and rel > _other_base_bound(base_state[key], file_type)
+    ]
+    if beyond:
+        rel, key = max(beyond)
         finding(
             "error",
             "derived_other_base",
-            f"{name}'s {worst[1]}, which no adapter touches, differs from the base by {worst[0]:.1%}: "
+            f"{name}'s {key}, which no adapter touches, differs from the base by {rel:.1%}: "
             "it was made from another base model or checkpoint",
         )
     if not deltas:
-        out["verdict"] = "base" if worst[0] <= OTHER_BASE else "other"
+        out["verdict"] = "other" if beyond else "base"
         return out
     if acc["ee"] == 0.0:
         out["verdict"] = "adapter_is_zero"
