@@ -192,3 +192,11 @@ def sha256_text(text: str) -> str:
 
 def sha256_json(obj: Any) -> str:
     return sha256_text(json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")))
+
+
+def blocking_file(path: Path) -> Path | None:
+    """The first of `path` and its parents that exists but is not a folder: where a folder cannot be made."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None

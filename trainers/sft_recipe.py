@@ -23,7 +23,7 @@ import torch
 from harness.engine import attention
 from harness.env import hardware, package_versions, weights_sha256
 from harness.errors import HarnessInputError, Problem
-from harness.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from harness.io import atomic_write_json, atomic_write_text, blocking_file, sha256_file, sha256_json
 from harness.models.embedded import ModelRef, resolve
 from harness.scoring.safety import plant_canaries
 from harness.suite.suite import Suite, load_suite
@@ -446,18 +446,15 @@ def _last_checkpoint(folder: Path, quiet: bool = True) -> str | None:
 def check_output_dir(cfg: TrainConfig, root: Path = Path("."), out: Path | None = None) -> None:
     """output_dir (and the candidate folder in it) must be a folder or not exist yet: a file there is an input
     error naming the key, before the doctor or any training runs."""
-    base = root / cfg.output_dir
-    for p in [*(x for x in (out, out.parent if out else None) if x is not None), base, *base.parents]:
-        if p.exists() and not p.is_dir():
-            raise HarnessInputError(
-                Problem(
-                    f"{cfg.source or 'preset'}: key 'output_dir' (or --output-dir)",
-                    f"{cfg.output_dir!r}: {p} is a file, not a folder",
-                    "point output_dir at a folder (candidates are written inside it), or move the file away",
-                )
+    blocked = blocking_file(out if out is not None else root / cfg.output_dir)
+    if blocked is not None:
+        raise HarnessInputError(
+            Problem(
+                f"{cfg.source or 'preset'}: key 'output_dir' (or --output-dir)",
+                f"{cfg.output_dir!r}: {blocked} is a file, not a folder",
+                "point output_dir at a folder (candidates are written inside it), or move the file away",
             )
-        if p.exists() and p == base:
-            break
+        )
 
 
 def train(cfg: TrainConfig, root: Path = Path("."), quiet: bool = False) -> Path:

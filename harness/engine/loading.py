@@ -48,6 +48,11 @@ def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False) -> PreTrained
                 "check the folder holds tokenizer files",
             )
         ) from None
+    return left_padded(tok)
+
+
+def left_padded(tok: Any) -> Any:
+    """Batched greedy decoding pads on the left; a tokenizer without a pad token pads with EOS."""
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

@@ -208,8 +208,10 @@ def run_converter(converter: Path, merged: Path, outfile: Path, outtype: str = "
             )
         hint = ""
         if "Tokenizer class TokenizersBackend does not exist" in stderr:
-            hint = (" (tokenizer_config.json says tokenizer_class TokenizersBackend, a transformers 5 name; "
-                    "transformers 4.x cannot load it: set it to PreTrainedTokenizerFast)")
+            hint = (
+                " (tokenizer_config.json says tokenizer_class TokenizersBackend, a transformers 5 name; "
+                "transformers 4.x cannot load it: set it to PreTrainedTokenizerFast)"
+            )
         raise ConversionError(f"convert_hf_to_gguf.py exited with {proc.returncode}{hint}", _tail(stderr))
     if not outfile.is_file():
         raise ConversionError(f"convert_hf_to_gguf.py exited 0 but wrote no {outfile}", _tail(proc.stderr))
@@ -283,8 +285,13 @@ def verify(source: SourceInfo, summary: GGUFSummary, outtype: str | None = None)
     return problems
 
 
-def convert_and_check(merged: Path, converter: str | Path | None = None, outtype: str = "f16",
-                      outfile: Path | None = None, timeout: float = 600.0) -> CheckResult:
+def convert_and_check(
+    merged: Path,
+    converter: str | Path | None = None,
+    outtype: str = "f16",
+    outfile: Path | None = None,
+    timeout: float = 600.0,
+) -> CheckResult:
     """Convert `merged` with llama.cpp's converter and check the GGUF; keep it only if `outfile` is given.
 
     q4_0 and q4_1 are converted to f32 in a temporary folder, then requantized (one rounding, not two).
@@ -298,8 +305,10 @@ def convert_and_check(merged: Path, converter: str | Path | None = None, outtype
     version = stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else None
     notes: list[str] = []
     if source.tokenizer_class == "TokenizersBackend":
-        notes.append("tokenizer_config.json has tokenizer_class TokenizersBackend (transformers 5); llama.cpp's pinned "
-                     "transformers 4.57.6 cannot load that class; PreTrainedTokenizerFast works with both")
+        notes.append(
+            "tokenizer_config.json has tokenizer_class TokenizersBackend (transformers 5); llama.cpp's pinned "
+            "transformers 4.57.6 cannot load that class; PreTrainedTokenizerFast works with both"
+        )
     with tempfile.TemporaryDirectory(prefix="gguf-check-") as tmp:
         target = Path(outfile) if outfile is not None else Path(tmp) / "model.gguf"
         if outtype in REQUANT_TYPES:
@@ -310,8 +319,14 @@ def convert_and_check(merged: Path, converter: str | Path | None = None, outtype
             requant_s = time.perf_counter() - start
             seconds += requant_s
             types = ", ".join(f"{k} {v}" for k, v in sorted(done.tensor_types.items()))
-            head = (f"; {done.output_tensor} (the output matrix) in Q8_0, where llama-quantize writes Q6_K "
-                    "(Q8_0 when the row length is not a multiple of 256)") if done.output_tensor else ""
+            head = (
+                (
+                    f"; {done.output_tensor} (the output matrix) in Q8_0, where llama-quantize writes Q6_K "
+                    "(Q8_0 when the row length is not a multiple of 256)"
+                )
+                if done.output_tensor
+                else ""
+            )
             notes.append(
                 f"converted to f32, then requantized to {done.file_type} with gguf-py's reference quantizer in "
                 f"{requant_s:.1f} s: {types} (1-D tensors stay F32{head})"

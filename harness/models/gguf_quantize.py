@@ -184,9 +184,7 @@ def _copy_metadata(reader: Any, writer: Any, file_type: str) -> None:
     if reader.get_field(gguf.Keys.General.FILE_TYPE) is None:
         writer.add_key_value(gguf.Keys.General.FILE_TYPE, int(gguf.LlamaFileType[file_type]), gguf.GGUFValueType.UINT32)
     if reader.get_field(gguf.Keys.General.QUANTIZATION_VERSION) is None:
-        writer.add_key_value(
-            gguf.Keys.General.QUANTIZATION_VERSION, gguf.GGML_QUANT_VERSION, gguf.GGUFValueType.UINT32
-        )
+        writer.add_key_value(gguf.Keys.General.QUANTIZATION_VERSION, gguf.GGML_QUANT_VERSION, gguf.GGUFValueType.UINT32)
 
 
 def _field_value(field: Any) -> Any:

@@ -265,25 +265,32 @@ def _collect_base(run: Run, worker: Any) -> None:
     return None
 
 
+def _evaluate_as(run: Run, v: Variant, model: Any, provided: dict[int, Generation] | None = None) -> Any:
+    """One variant through the evaluator: its prompt format, cache key and the run's canaries; the cases a
+    parity check still needs are decoded again with their logits kept."""
+    plan, need = run.plan, run.parity_needed.get(v.name, set())
+    return evaluate(
+        plan.suite,
+        model,
+        run.tokenizers[v.name],
+        plan.options,
+        keep_logits=PARITY_STEPS if need else 0,
+        cache=run.cache,
+        model_key=run.keys[v.name],
+        regenerate=frozenset(plan.cases[i].id for i in need),
+        provided=provided,
+        fmt=v.prompt_format,
+        canaries=run.canaries,
+    )
+
+
 def _eval_resident(run: Run, v: Variant) -> Outcome:
     """The base or one adapter, on the resident weights."""
     plan, resident = run.plan, run.resident
     assert resident is not None
     tok = run.tokenizers[v.name]
-    need = run.parity_needed.get(v.name, set())
     with resident.active(v) as model:
-        records, metrics, timings, gens = evaluate(
-            plan.suite,
-            model,
-            tok,
-            plan.options,
-            keep_logits=PARITY_STEPS if need else 0,
-            cache=run.cache,
-            model_key=run.keys[v.name],
-            regenerate=frozenset(plan.cases[i].id for i in need),
-            fmt=v.prompt_format,
-            canaries=run.canaries,
-        )
+        records, metrics, timings, gens = _evaluate_as(run, v, model)
         info: dict[str, Any] = {}
         if v.kind == "adapter":
             info["adapter_findings"] = adapter_findings(model, v.name)
@@ -364,19 +371,7 @@ def _eval_derived(run: Run, v: Variant, src: Variant | None, model: Any) -> Outc
             provided = {replayable[j]: g for j, g in enumerate(replayed) if g is not None}
             mismatches = len(replayable) - len(provided)
         replay_s = time.perf_counter() - started
-    records, metrics, timings, gens = evaluate(
-        plan.suite,
-        model,
-        tok,
-        plan.options,
-        keep_logits=PARITY_STEPS if need else 0,
-        cache=run.cache,
-        model_key=run.keys[v.name],
-        regenerate=frozenset(plan.cases[i].id for i in need),
-        provided=provided,
-        fmt=v.prompt_format,
-        canaries=run.canaries,
-    )
+    records, metrics, timings, gens = _evaluate_as(run, v, model, provided)
     timings = {
         **timings,
         "replay_s": round(replay_s, 3),

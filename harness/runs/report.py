@@ -62,18 +62,17 @@ RUN_FILES = ("report.json", "cases.jsonl", "summary.md")
 def check_reports_dir(reports_dir: Path) -> None:
     """--reports-dir must be a folder (or not exist yet); a file there is an input error, never a traceback."""
     from harness.errors import HarnessInputError, Problem
+    from harness.io import blocking_file
 
-    for p in (reports_dir, *reports_dir.parents):
-        if p.exists() and not p.is_dir():
-            raise HarnessInputError(
-                Problem(
-                    f"--reports-dir {reports_dir}",
-                    f"{p} is a file, not a folder",
-                    "pass a folder for --reports-dir (default: reports)",
-                )
+    blocked = blocking_file(reports_dir)
+    if blocked is not None:
+        raise HarnessInputError(
+            Problem(
+                f"--reports-dir {reports_dir}",
+                f"{blocked} is a file, not a folder",
+                "pass a folder for --reports-dir (default: reports)",
             )
-        if p.exists():
-            break
+        )
 
 
 def new_run_dir(reports_dir: Path, run_id: str) -> Path:

@@ -19,7 +19,15 @@ from typing import Any
 import torch
 
 from harness.engine.generate import Generation
-from harness.engine.loading import Runtime, attention_for, describe_model, dtype_name, load_model, load_tokenizer
+from harness.engine.loading import (
+    Runtime,
+    attention_for,
+    describe_model,
+    dtype_name,
+    left_padded,
+    load_model,
+    load_tokenizer,
+)
 from harness.env import tokenizer_sha256, weights_sha256
 from harness.errors import HarnessInputError, Problem
 from harness.io import atomic_write_json
@@ -232,10 +240,7 @@ def external_tokenizer(v: Variant) -> Any:
                 "give a GGUF written by llama.cpp's converter, with its tokenizer embedded",
             )
         ) from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return tokenizer
+    return left_padded(tokenizer)
 
 
 def load_external(v: Variant, runtime: Runtime) -> Any:
