@@ -7,45 +7,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 
 from harness.models.gguf_export import convert_and_check
 from harness.runs.compare import portable_tokenizer_config, run_variants
 from harness.runs.evaluate import EvalOptions
 from harness.runs.plan import plan_run
 from harness.variants.parity import parity_thresholds
-from tests.test_compare import _merge
+from tests.test_compare import _merge, _run_file
 from tests.test_gguf_export import converter  # noqa: F401 - the fixture that fetches llama.cpp's converter
 from tests.test_pipeline import _adapter, _small_suite
 
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Q4_0 rounding moves each weight matrix by ~9% (relative norm), nearly uncorrelated with the adapter's delta:
 # on the tiny merge below the projection came out 0.997 (all-linear) and 0.997 (q/v/down). 0.03 passes that with
 # margin and is far from a missing adapter (~0). The real SmolLM2 merges give 0.90-0.91, since their base is a
 # Q4_1 dequantization and Q4_0 rounding partly snaps back onto it (docs/measurements.md); this base is not.
 BETA_TOLERANCE_Q4 = 0.03
-
-
-def _all_linear_adapter(tmp_path: Path, tiny_model_dir: Path) -> Path:
-    """A trained-looking LoRA (non-zero B) on every linear layer, as the harness's own recipe targets.
-
-    Every matrix then carries the adapter's delta, so none is an 'untouched' tensor judged by the fixed 5% of
-    derived_other_base, which Q4_0 rounding (~9%) would exceed; the tied embedding stays Q8_0.
-    """
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=ALL_LINEAR, task_type="CAUSAL_LM"))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    out = tmp_path / "adapter"
-    peft.save_pretrained(out)
-    return out
 
 
 @pytest.mark.slow
@@ -54,7 +31,7 @@ def test_q4_0_gguf_of_the_merge_passes_and_q4_0_of_the_base_is_named(
     tmp_path: Path,
     converter: Path,  # noqa: F811
 ) -> None:
-    adapter = _all_linear_adapter(tmp_path, tiny_model_dir)
+    adapter = _adapter(tmp_path, tiny_model_dir, trained=True, targets=ALL_LINEAR)
     merged = _merge(tiny_model_dir, adapter, tmp_path / "merged")
     portable_tokenizer_config(merged)
     base = tmp_path / "base-folder"
@@ -63,23 +40,13 @@ def test_q4_0_gguf_of_the_merge_passes_and_q4_0_of_the_base_is_named(
     good = convert_and_check(merged, converter, "q4_0", tmp_path / "gguf" / "merged-q4_0.gguf")
     wrong = convert_and_check(base, converter, "q4_0", tmp_path / "gguf-base" / "base-q4_0.gguf")
     assert good.gguf.file_type == "Q4_0" and good.gguf.tensor_types == {"F32": 5, "Q4_0": 14, "Q8_0": 1}
-    run = tmp_path / "run.yaml"
-    run.write_text(
-        yaml.safe_dump(
-            {
-                "suite": str(_small_suite(tmp_path, n=4, max_new=8)),
-                "base": str(tiny_model_dir),
-                "gates": "none",
-                "variants": [
-                    {"name": "cand", "kind": "adapter", "path": str(adapter)},
-                    {"name": "shipped", "kind": "merged", "path": str(merged), "derived_from": "cand"},
-                    {"name": "q4", "kind": "gguf", "path": str(good.gguf.path), "derived_from": "shipped"},
-                    {"name": "wrong", "kind": "gguf", "path": str(wrong.gguf.path), "derived_from": "shipped"},
-                ],
-            }
-        ),
-        encoding="utf-8",
-    )
+    variants = [
+        {"name": "cand", "kind": "adapter", "path": str(adapter)},
+        {"name": "shipped", "kind": "merged", "path": str(merged), "derived_from": "cand"},
+        {"name": "q4", "kind": "gguf", "path": str(good.gguf.path), "derived_from": "shipped"},
+        {"name": "wrong", "kind": "gguf", "path": str(wrong.gguf.path), "derived_from": "shipped"},
+    ]
+    run = _run_file(tmp_path, _small_suite(tmp_path, n=4, max_new=8), tiny_model_dir, variants, gates="none")
     plan = plan_run(run, EvalOptions(batch_size=8, progress=False), run_id="q4")
     report = run_variants(plan, tmp_path / "reports")[1]
     q4, bad = report["relations"]["q4"], report["relations"]["wrong"]
@@ -109,22 +76,12 @@ def test_q4_0_gguf_of_a_partial_adapter_has_no_error(
     merged = _merge(tiny_model_dir, adapter, tmp_path / "merged")
     portable_tokenizer_config(merged)
     good = convert_and_check(merged, converter, "q4_0", tmp_path / "gguf" / "merged-q4_0.gguf")
-    run = tmp_path / "run.yaml"
-    run.write_text(
-        yaml.safe_dump(
-            {
-                "suite": str(_small_suite(tmp_path, n=2, max_new=4)),
-                "base": str(tiny_model_dir),
-                "gates": "none",
-                "variants": [
-                    {"name": "cand", "kind": "adapter", "path": str(adapter)},
-                    {"name": "shipped", "kind": "merged", "path": str(merged), "derived_from": "cand"},
-                    {"name": "q4", "kind": "gguf", "path": str(good.gguf.path), "derived_from": "shipped"},
-                ],
-            }
-        ),
-        encoding="utf-8",
-    )
+    variants = [
+        {"name": "cand", "kind": "adapter", "path": str(adapter)},
+        {"name": "shipped", "kind": "merged", "path": str(merged), "derived_from": "cand"},
+        {"name": "q4", "kind": "gguf", "path": str(good.gguf.path), "derived_from": "shipped"},
+    ]
+    run = _run_file(tmp_path, _small_suite(tmp_path, n=2, max_new=4), tiny_model_dir, variants, gates="none")
     plan = plan_run(run, EvalOptions(batch_size=8, progress=False), run_id="q4p")
     q4 = run_variants(plan, tmp_path / "reports")[1]["relations"]["q4"]
     assert q4["weights"]["verdict"] == "base_plus_adapter" and abs(q4["weights"]["beta"] - 1) < BETA_TOLERANCE_Q4

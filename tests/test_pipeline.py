@@ -40,14 +40,14 @@ def _small_suite(tmp_path: Path, n: int = 8, max_new: int = 12, adversarial: int
     return dst
 
 
-def _adapter(tmp_path: Path, tiny_model_dir: Path, trained: bool) -> Path:
+def _adapter(
+    tmp_path: Path, tiny_model_dir: Path, trained: bool, targets: tuple[str, ...] = ("q_proj", "v_proj", "down_proj")
+) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
-    )
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), task_type="CAUSAL_LM"))
     if trained:
         torch.manual_seed(1)
         with torch.no_grad():
