@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.engine.cache import default_path as default_cache_path
-from harness.errors import HarnessInputError, Problem
+from harness.errors import HarnessInputError, Problem, RunStopped
 from harness.training.config import MERGE_DTYPES
 from harness.verdict.gates import exit_code as gate_exit_code
 
@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a golden suite")
     check.add_argument("suite", help="suite folder, e.g. golden/support_vi")
+    check.add_argument(
+        "--model",
+        default=None,
+        help="also check that every reference answer fits generation.max_new_tokens under this model's tokenizer "
+        "(embedded name or local folder; exit 1 if one does not fit)",
+    )
+    check.add_argument(
+        "--fluency",
+        action="store_true",
+        help="also calibrate the fluency scorer: coherence of every reference reply and of a scrambled copy, "
+        "with the share passing at the suite's fluency.min_coherence (exit 1 if it does not separate them)",
+    )
 
     ev = sub.add_parser("eval", help="evaluate a model on a suite and write reports/<run-id>/")
     ev.add_argument("suite", help="suite folder, e.g. golden/support_vi")
@@ -336,8 +348,14 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         from harness.variants.spec import check_adapter
 
         check_adapter(args.adapter, f"--adapter {args.adapter}", cfg.model)
-    from trainers.sft_recipe import candidate_adapter
+    from harness.suite.budget import check_budget
+    from trainers.sft_recipe import candidate_adapter, check_output_dir
 
+    if args.adapter is None:
+        check_output_dir(cfg)  # every refusal that names a file comes before the suite's budget
+    budget = check_budget(suite, resolve(cfg.model).path, cfg.model, "base model")
+    if budget.errors:  # before training: a suite the ideal answer cannot pass is not worth minutes of training
+        raise budget.error()
     adapter, training = candidate_adapter(cfg, args.adapter)
     canaries = tuple((training or {}).get("canaries") or ())
     options = EvalOptions(
@@ -589,15 +607,55 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tokenizer_model(spec: str) -> Any:
+    """`--model` of `check`, resolved for its tokenizer only: an embedded model must already be pulled (no
+    download, no conversion); a bad value is one input error that names the flag."""
+    from harness.models.embedded import EMBEDDED, embedded_dir, resolve
+
+    where = f"--model {spec}"
+    if spec in EMBEDDED and not (embedded_dir(spec) / "provenance.json").is_file():
+        raise HarnessInputError(
+            Problem(where, "the embedded model is not provisioned yet", f"run `harness models pull {spec}` once")
+        )
+    try:
+        return resolve(spec)
+    except HarnessInputError as exc:
+        first = exc.problems[0]
+        what, fix = (first.what, first.fix) if isinstance(first, Problem) else (str(first), "")
+        if not fix or "--allow-hub" in fix:  # resolve's advice for `eval`; check takes no hub ids
+            fix = f"pass --model an embedded model name ({', '.join(EMBEDDED)}) or a local model folder"
+        raise HarnessInputError(Problem(where, what, fix)) from None
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from harness.suite.suite import load_suite
 
     suite = load_suite(args.suite)
+    ref = _tokenizer_model(args.model) if args.model is not None else None  # refused before anything is printed
+    scoring = None
+    if args.fluency:  # an unprovisioned or missing scoring model is refused before anything is printed too
+        from harness.scoring import fluency
+
+        settings = fluency.settings_of(suite)
+        scoring = fluency.load_scoring_model(str(settings["model"]), suite.path)
     print(
         f"ok: {suite.name} v{suite.version}: {len(suite.cases)} cases, labels {list(suite.labels)}, "
         f"slices {list(suite.slices)}, hash {suite.content_hash[:12]}"
     )
-    return EXIT_OK
+    failed = False
+    if ref is not None:
+        from harness.suite.budget import check_budget
+
+        report = check_budget(suite, ref.path, ref.spec)
+        print(report.render())
+        failed = bool(report.errors)
+    if scoring is not None:
+        from harness.scoring import fluency
+
+        calibration = fluency.calibrate(suite, scoring)
+        print(calibration.render())
+        failed = failed or not calibration.separates
+    return EXIT_GATE_FAILED if failed else EXIT_OK
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -674,6 +732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessInputError as exc:
         print(f"harness: error: {exc.render()}", file=sys.stderr)
         return EXIT_USAGE
+    except RunStopped as exc:
+        print(f"harness: {exc.render()}", file=sys.stderr)
+        return EXIT_GATE_FAILED
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130

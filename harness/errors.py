@@ -33,3 +33,18 @@ class HarnessInputError(Exception):
         if len(lines) == 1:
             return lines[0]
         return f"{len(lines)} problems:\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+class RunStopped(Exception):
+    """A run that cannot answer its question, found before any decoding (exit 1): evaluating it would spend
+    minutes to report what is already known, such as an adapter whose LoRA B matrices are all zero."""
+
+    def __init__(self, findings: Iterable[dict[str, str]], where: str = "") -> None:
+        self.findings: tuple[dict[str, str], ...] = tuple(findings)
+        self.where = where
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        head = f"stopped before decoding{f' ({self.where})' if self.where else ''}"
+        lines = [f"{f.get('variant', '')}: {f['code']}: {f['message']}".lstrip(": ") for f in self.findings]
+        return head + ":\n" + "\n".join(f"  - {line}" for line in lines)

@@ -243,7 +243,7 @@ SUITE = [
     E("suite-labels-empty", "suite.yaml", yaml_set("labels", []), "'labels'"),
     E("suite-labels-not-in-contract", "suite.yaml", yaml_set("labels", ["category", "urgency"]), "'urgency'"),
     E("suite-gen-huge", "suite.yaml", yaml_set("generation.max_new_tokens", 10**30), "generation.max_new_tokens"),
-    E("suite-gen-nan", "suite.yaml", yaml_raw("max_new_tokens: 160", "max_new_tokens: .nan"), "max_new_tokens"),
+    E("suite-gen-nan", "suite.yaml", yaml_raw("max_new_tokens: 112", "max_new_tokens: .nan"), "max_new_tokens"),
     E("suite-gen-not-mapping", "suite.yaml", yaml_set("generation", [1, 2]), "'generation'"),
     E("suite-scorer-typo", "suite.yaml", yaml_set("scorers", ["format", "feilds"]), "'feilds'"),
     E("suite-cases-int", "suite.yaml", yaml_set("cases", 3), "'cases'"),

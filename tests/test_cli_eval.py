@@ -17,7 +17,7 @@ def _suite_with_limit(tmp_path: Path, n: int) -> Path:
     dst = tmp_path / "suite"
     shutil.copytree(SUPPORT_VI, dst)
     (dst / "suite.yaml").write_text(
-        (dst / "suite.yaml").read_text(encoding="utf-8").replace("max_new_tokens: 160", "max_new_tokens: 12"),
+        (dst / "suite.yaml").read_text(encoding="utf-8").replace("max_new_tokens: 112", "max_new_tokens: 12"),
         encoding="utf-8",
     )
     return dst

@@ -210,7 +210,7 @@ def test_external_adapter_leakage_is_checked_when_its_data_is_given(
     )
     checks = {c["id"]: c for c in report["gates"]["checks"]}
     assert checks["theirs.no-golden-leakage"]["verdict"] == "pass", checks["theirs.no-golden-leakage"]
-    assert report["hygiene_by_variant"]["theirs"]["examples"] == 234
+    assert report["hygiene_by_variant"]["theirs"]["examples"] == 414
     assert (
         checks["theirs.no-canary"]["verdict"] == "not_applicable"
         and "no canaries were planted" in checks["theirs.no-canary"]["explanation"]

@@ -160,6 +160,7 @@ def test_pipeline_gates_promote_signoff_and_ledger(
         EvalOptions(batch_size=4, progress=False),
         run_id="r1",
         policy=policy,
+        token_budget="warn",
     )
     g = report["gates"]
     ids = {c["id"] for c in g["checks"]}
@@ -236,6 +237,7 @@ def test_pipeline_gates_promote_signoff_and_ledger(
         EvalOptions(batch_size=4, progress=False),
         run_id="r2",
         policy=policy,
+        token_budget="warn",
     )
     assert report2["gates"]["champion"] == "r1" and "champion->adapter" in report2["flips"]
     champ = [c for c in report2["gates"]["checks"] if c["baseline"] == "champion"]
@@ -259,13 +261,17 @@ def test_result_cache_reuses_everything_and_reruns_only_a_changed_case(tiny_mode
     adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
     options = EvalOptions(batch_size=4, progress=False, cache_path=tmp_path / "cache.sqlite")
     ref = resolve(str(tiny_model_dir))
-    _, first = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="a")
+    _, first = run_pipeline(
+        load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="a", token_budget="warn"
+    )
     fresh = {
         v: first["variants"][v]["timings"]["generated_cases"] + first["variants"][v]["timings"]["replayed_cases"]
         for v in ("base", "adapter", "merged")
     }
     assert fresh == {"base": 6, "adapter": 6, "merged": 6}
-    _, second = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="b")
+    _, second = run_pipeline(
+        load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="b", token_budget="warn"
+    )
     assert all(second["variants"][v]["timings"]["cached_cases"] == 6 for v in ("base", "adapter", "merged"))
     assert (
         second["headline"] == first["headline"]
@@ -277,12 +283,59 @@ def test_result_cache_reuses_everything_and_reruns_only_a_changed_case(tiny_mode
     changed["prompt"] += " Cảm ơn shop."
     lines[2] = json.dumps(changed, ensure_ascii=False)
     (suite_dir / "cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _, third = run_pipeline(load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="c")
+    _, third = run_pipeline(
+        load_suite(suite_dir), ref, adapter, tmp_path / "reports", options, run_id="c", token_budget="warn"
+    )
     assert all(third["variants"][v]["timings"]["cached_cases"] == 5 for v in ("base", "adapter", "merged"))
 
-    other = _adapter(tmp_path / "x", tiny_model_dir, trained=False)  # different weights: never served from the cache
-    _, fourth = run_pipeline(load_suite(suite_dir), ref, other, tmp_path / "reports", options, run_id="d")
+    other = _adapter(tmp_path / "x", tiny_model_dir, trained=True)
+    from safetensors.torch import load_file, save_file
+
+    weights = other / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k: (-t if "lora_B" in k else t) for k, t in tensors.items()}, str(weights))  # other weights: no hits
+    _, fourth = run_pipeline(
+        load_suite(suite_dir), ref, other, tmp_path / "reports", options, run_id="d", token_budget="warn"
+    )
     assert (
         fourth["variants"]["adapter"]["timings"]["generated_cases"] == 6
         and fourth["variants"]["base"]["timings"]["generated_cases"] == 0
     )
+
+
+def _scored_rows(values: dict[str, dict[str, list[float]]]) -> list[dict[str, object]]:
+    """Rows with several metrics per variant: {variant: {metric: per-case values}}."""
+    n = len(next(iter(next(iter(values.values())).values())))
+    return [
+        {
+            "id": f"c{i}",
+            "case_hash": f"h{i}",
+            "tags": [],
+            "variants": {
+                v: {"scores": [{"scorer": m, "value": vals[i], "explanation": f"{v} {m}"} for m, vals in ms.items()]}
+                for v, ms in values.items()
+            },
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("metric", ["format_strict", "field:category", "field:priority"])
+def test_shipped_policy_fails_a_candidate_ten_points_worse_than_the_champion(metric: str) -> None:
+    """support_vi's gates: 10 points below the champion on format or a label fails its champion check; the same
+    figures as the champion pass it."""
+    policy = load_policy(SUPPORT_VI / "gates.yaml")
+    n, good = 154, 140
+    champ = [1.0] * good + [0.0] * (n - good)
+    worse = [1.0] * (good - 16) + [0.0] * (n - good + 16)  # 16 of 154 broken: 10.4 points
+    metrics = ("format_strict", "field:category", "field:priority")
+    champ_rows = _scored_rows({"adapter": {m: champ for m in metrics}})
+    for cand, expected in ((worse, "fail"), (champ, "pass")):
+        scores = {m: (cand if m == metric else champ) for m in metrics}
+        rows = _scored_rows({"base": {m: [0.0] * n for m in metrics}, "adapter": scores})
+        g = evaluate_gates(policy, {}, rows, champion_rows=champ_rows, champion_id="r0", champion_variant="adapter")
+        check = next(
+            c for c in g["checks"] if c["id"] == f"adapter.{metric.split(':')[-1].replace('_strict', '')}-vs-champion"
+        )
+        assert check["verdict"] == expected, check["explanation"]
+        assert check["baseline"] == "champion" and "champion r0" in check["explanation"]

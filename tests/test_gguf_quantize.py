@@ -131,9 +131,11 @@ def test_a_source_already_on_the_grid_is_told_apart(tmp_path: Path) -> None:
     tensors = _tensors(np.random.default_rng(5))
     plain = requantize(_float_gguf(tmp_path / "plain.gguf", tensors), tmp_path / "plain-q4_1.gguf", "q4_1")
     snapped = {
-        name: gguf.quants.dequantize(gguf.quants.quantize(a.astype(np.float32), gguf.GGMLQuantizationType.Q4_1),
-                                     gguf.GGMLQuantizationType.Q4_1).reshape(a.shape)
-        if a.ndim == 2 and a.shape[-1] % 32 == 0 else a
+        name: gguf.quants.dequantize(
+            gguf.quants.quantize(a.astype(np.float32), gguf.GGMLQuantizationType.Q4_1), gguf.GGMLQuantizationType.Q4_1
+        ).reshape(a.shape)
+        if a.ndim == 2 and a.shape[-1] % 32 == 0
+        else a
         for name, a in tensors.items()
     }
     on_grid = requantize(_float_gguf(tmp_path / "grid.gguf", snapped), tmp_path / "grid-q4_1.gguf", "q4_1")
@@ -145,8 +147,14 @@ def test_a_source_already_on_the_grid_is_told_apart(tmp_path: Path) -> None:
 
 def test_plan_follows_llama_quantize() -> None:
     plan = plan_types(
-        [("token_embd.weight", (10, 576)), ("blk.0.attn_k.weight", (192, 576)), ("blk.0.ffn_norm.weight", (576,)),
-         ("blk.0.attn_k.bias", (192,)), ("blk.0.ffn_gate_exps.weight", (4, 8, 64)), ("rope.freqs", (2, 32))],
+        [
+            ("token_embd.weight", (10, 576)),
+            ("blk.0.attn_k.weight", (192, 576)),
+            ("blk.0.ffn_norm.weight", (576,)),
+            ("blk.0.attn_k.bias", (192,)),
+            ("blk.0.ffn_gate_exps.weight", (4, 8, 64)),
+            ("rope.freqs", (2, 32)),
+        ],
         "Q4_0",
     )
     assert plan == {

@@ -69,6 +69,7 @@ def test_pipeline_on_cuda_exports_the_merge_in_float16(tiny_model_dir, tmp_path)
         device="cuda",
         run_id="g",
         merge_dtype="float16",
+        token_budget="warn",
     )
     assert report["variants"]["merged"]["export"] == {
         "requested": "float16",

@@ -107,4 +107,4 @@ def test_canaries_are_planted_in_a_copy_and_recorded(tmp_path: Path, tiny_model_
         if any(c in json.dumps(e.prompt + e.completion, ensure_ascii=False) for c in prep.canaries)
     ]
     assert len(planted) == 3 and (REPO / cfg.data.path).read_bytes() == before
-    assert prep.hygiene["verdict"] == "pass" and prep.hygiene["examples"] == 234
+    assert prep.hygiene["verdict"] == "pass" and prep.hygiene["examples"] == 414

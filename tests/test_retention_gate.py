@@ -52,6 +52,7 @@ def test_pipeline_reports_retention_per_variant_and_gates_it(tiny_model_dir: Pat
         policy=load_policy(policy_file),
         retention_dir=REPO / "golden/retention",
         retention_limit=6,
+        token_budget="warn",
     )
     ret = report["retention"]["variants"]
     assert set(ret) == {"base", "adapter", "merged"}
@@ -95,6 +96,7 @@ def test_retention_gate_fails_for_a_damaged_adapter_on_the_real_model(embedded_d
         policy=load_policy(policy_file),
         retention_dir=tasks,
         retention_limit=60,
+        token_budget="warn",
     )
     mc = {c["variant"]: c for c in report["gates"]["checks"] if c["metric"] == "retention_mc"}
     base_acc = report["retention"]["variants"]["base"]["retention_mc"]["value"]

@@ -39,8 +39,8 @@ from harness.suite.suite import Case, Suite, load_suite
 from tests.conftest import REPO, SUPPORT_VI
 from tests.test_judge import FakeServer, server  # noqa: F401 - the judge tests' fake OpenAI-compatible endpoint
 
-# load_suite('golden/support_vi').content_hash before suites could choose scorers: absent keys change nothing
-SUPPORT_VI_HASH = "03c1d68b1df730a4001f42f051bfd2179d363196efb5b3cb8317a29b41432bb7"
+# load_suite("golden/support_vi").content_hash of support_vi 1.2.0 (short references, budget 112, fluency)
+SUPPORT_VI_HASH = "bda046ea77ac54cbe74a26969750ceea36d1c56c155e1a9396a9e7e7eb323c05"
 SUITE = load_suite(SUPPORT_VI)
 RUBRIC = "Polite, acknowledges the problem, gives one clear next action, no shouting."
 
@@ -56,7 +56,10 @@ def _records(suite: Suite, scorers: list[Any], n: int = 6) -> list[dict[str, Any
 
 def _write_suite(root: Path, extra: str) -> Path:
     path = root / "suite.yaml"
-    path.write_text(path.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    if "scorers:" in extra:  # support_vi's own scorers and fluency block (its last lines) give way to the test's
+        text = text.split("\nscorers:")[0] + "\n"
+    path.write_text(text + extra, encoding="utf-8")
     return root
 
 
@@ -85,12 +88,9 @@ def test_suite_judge_keys_mirror_judge_config() -> None:
 
 def test_default_suite_is_unchanged() -> None:
     assert SUITE.content_hash == SUPPORT_VI_HASH
-    assert SUITE.scorers == ("format", "fields", "tone", "safety") and SUITE.judge is None
-    assert (
-        scorer_versions()
-        == scorer_versions(SUITE.scorers)
-        == {"format": "1", "fields": "1", "tone": "1", "safety": "1"}
-    )
+    assert SUITE.scorers == ("format", "fields", "tone", "safety", "degeneration", "fluency") and SUITE.judge is None
+    defaults = {"format": "1", "fields": "1", "tone": "1", "safety": "1", "degeneration": "1"}
+    assert scorer_versions() == defaults and scorer_versions(SUITE.scorers) == {**defaults, "fluency": "1"}
     assert {k: vars(v) for k, v in registry.METRICS.items()} == {
         "format_strict": {
             "name": "format_strict",
@@ -123,10 +123,9 @@ def test_default_suite_is_unchanged() -> None:
 
 
 def test_headline_and_flip_metrics_of_the_default_scorers() -> None:
-    assert (
-        headline_metrics() == headline_metrics(SUITE.scorers) == ("format_strict", "format_lenient", "tone", "safety")
-    )
-    assert flip_metrics() == flip_metrics(SUITE.scorers) == ("format_strict", "format_lenient", "tone", "safety")
+    default = ("format_strict", "format_lenient", "tone", "safety", "non_degenerate")
+    assert headline_metrics() == default and headline_metrics(SUITE.scorers) == (*default, "fluency")
+    assert flip_metrics() == default and flip_metrics(SUITE.scorers) == (*default, "fluency")
     assert headline_metrics(("safety", "format")) == ("format_strict", "format_lenient", "safety")  # registry order
     assert (
         headline_metrics(("format", "fields"))
@@ -161,7 +160,7 @@ def test_unknown_scorer_names_say_what_exists() -> None:
         headline_metrics(("fromat", "tone", "saftey"))
     message = str(info.value)
     assert "did you mean 'format'" in message and "did you mean 'safety'" in message
-    assert "available: format, fields, tone, safety, judge" in message
+    assert "available: format, fields, tone, safety, degeneration, fluency, judge" in message
     assert isinstance(info.value, HarnessInputError) and isinstance(info.value, KeyError)
     with pytest.raises(UnknownScorerError, match="did you mean 'tone'"):
         build_scorers(SUITE, names=("tonne",))
@@ -215,7 +214,15 @@ def test_a_toy_scorer_flows_into_aggregate_headline_and_flips() -> None:
     records = _records(suite, build_scorers(suite, registry=reg))
     overall = aggregate(records, suite, registry=reg)["overall"]
     assert overall["scores"]["toy"]["n"] == 6 and overall["scores"]["toy:len"]["n"] == 6
-    assert headline_metrics(suite.scorers, reg) == ("format_strict", "format_lenient", "tone", "safety", "toy")
+    assert headline_metrics(suite.scorers, reg) == (
+        "format_strict",
+        "format_lenient",
+        "tone",
+        "safety",
+        "non_degenerate",
+        "fluency",
+        "toy",
+    )
     assert flip_metrics(suite.scorers, reg)[-1] == "toy"
     assert (
         scorer_versions(suite.scorers, reg)["toy"] == "7"
@@ -261,7 +268,8 @@ def test_suites_without_a_judge_never_load_its_backends() -> None:
         "import sys, json; from harness.suite.suite import load_suite; "
         "from harness.scoring.extract import extract_json; "
         "from harness.scoring.registry import build_scorers, score_case; s = load_suite(sys.argv[1]); c = s.cases[0]; "
-        "t = json.dumps(c.reference); score_case(t, extract_json(t), c, s, build_scorers(s)); "
+        "t = json.dumps(c.reference); names = [n for n in s.scorers if n != 'fluency']; "
+        "score_case(t, extract_json(t), c, s, build_scorers(s, names=names)); "
         "print([m for m in ('urllib.request', 'torch', 'transformers', 'harness.engine.loading') if m in sys.modules])"
     )
     out = subprocess.run(

@@ -682,6 +682,7 @@ def real_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
             training=training,
             policy=policy,
             parallel_base=False,
+            token_budget="warn",
         )
         reports_out[run_id] = report
         if run_id == "first":

@@ -40,6 +40,7 @@ def _run(tiny_model_dir: Path, tmp_path: Path, name: str, parallel: bool | None)
         options,
         run_id=name,
         parallel_base=parallel,
+        token_budget="warn",
     )
 
 

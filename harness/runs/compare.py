@@ -24,7 +24,7 @@ from harness.engine.cache import ResultCache
 from harness.engine.generate import Generation, replay_greedy
 from harness.engine.loading import describe_model, dtype_name
 from harness.env import tokenizer_sha256, weights_sha256
-from harness.errors import HarnessInputError, Problem
+from harness.errors import HarnessInputError, Problem, RunStopped
 from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_json
 from harness.runs.evaluate import FORWARD_BATCH, REPLAY_BATCH, evaluate, generation_keys, report_header, run_id_for
 from harness.runs.report import new_run_dir
@@ -86,6 +86,7 @@ class Run:
     diagnosis: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     weight_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    adapter_checks: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # _preflight's findings
     retention: dict[str, Any] = field(default_factory=dict)
     worker_plan: dict[str, Any] = field(default_factory=lambda: {"used": False, "reason": "no base variant"})
 
@@ -106,6 +107,7 @@ def run_variants(plan: Plan, reports_dir: Path, training: dict[str, Any] | None 
     """
     run = _open(plan, reports_dir)
     _identify(run)
+    _preflight(run)
     _plan_parity(run)
     _evaluate(run)
     relations, per_case = _relate(run, training)
@@ -171,6 +173,22 @@ def _identify(run: Run) -> None:
             device_type,
             v.prompt_format,
         )
+
+
+def _preflight(run: Run) -> None:
+    """Static checks of every attached adapter before anything decodes: an adapter that is an identity, or that
+    matched no layer, makes every figure of the run meaningless, so the run stops here (exit 1)."""
+    if run.resident is None:
+        return
+    errors: list[dict[str, str]] = []
+    for v in run.plan.variants:
+        if v.kind != "adapter":
+            continue
+        with run.resident.active(v) as model:
+            run.adapter_checks[v.name] = adapter_findings(model, v.name)
+        errors += [{**f, "variant": v.name} for f in run.adapter_checks[v.name] if f["level"] == "error"]
+    if errors:
+        raise RunStopped(errors, f"run {run.id}; nothing was written")
 
 
 def _plan_parity(run: Run) -> None:
@@ -293,7 +311,7 @@ def _eval_resident(run: Run, v: Variant) -> Outcome:
         records, metrics, timings, gens = _evaluate_as(run, v, model)
         info: dict[str, Any] = {}
         if v.kind == "adapter":
-            info["adapter_findings"] = adapter_findings(model, v.name)
+            info["adapter_findings"] = run.adapter_checks.get(v.name) or adapter_findings(model, v.name)
         if plan.retention_dir is not None:
             run.retention[v.name] = _retention(plan, model, tok, v.name, run.keys[v.name])
     return Outcome(records, metrics, timings, gens, info)

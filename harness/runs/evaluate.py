@@ -62,6 +62,8 @@ def scoring_hash(suite: Suite) -> str:
     }
     if suite.judge is not None:  # only then: the default suites keep their cache keys
         parts["judge"] = suite.judge
+    if getattr(suite, "fluency", None) is not None:  # its model and threshold decide its scores
+        parts["fluency"] = suite.fluency
     return sha256_json(parts)
 
 

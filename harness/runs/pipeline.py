@@ -9,8 +9,9 @@ safetensors folder. The adapter is evaluated in the prompt format its training r
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.engine.loading import Runtime
 from harness.errors import HarnessInputError, Problem
@@ -18,6 +19,7 @@ from harness.models.embedded import ModelRef
 from harness.runs.compare import run_variants
 from harness.runs.evaluate import EvalOptions
 from harness.runs.resident import Plan, export_dtype
+from harness.suite.budget import check_budget
 from harness.suite.suite import Suite
 from harness.variants.spec import VariantSpec, resolve_variants
 from harness.verdict.gates import GatePolicy
@@ -46,11 +48,14 @@ def run_pipeline(
     retention_limit: int | None = None,
     merge_dtype: str = "auto",
     parallel_base: bool | None = None,
+    token_budget: Literal["error", "warn"] = "error",
 ) -> tuple[Path, dict[str, Any]]:
     """Evaluate the three variants; returns the run folder and the report.
 
     `parallel_base`: decode the base in a second process while the adapter decodes (harness.worker);
     None decides from the device, the cache, the cores, the memory and the number of cases to decode.
+    `token_budget`: what a reference answer longer than generation.max_new_tokens does (harness.suite.budget):
+    "error" stops the run before any generation; "warn" (smoke runs with a deliberately tiny budget) prints it.
     """
     if not (adapter_dir / "adapter_config.json").is_file():
         raise HarnessInputError(
@@ -64,6 +69,7 @@ def run_pipeline(
     variants = resolve_variants(
         pipeline_variants(adapter_dir, merge_dtype), suite.system_prompt, "harness pipeline", base_ref.spec
     )
+    _check_token_budget(suite, base_ref, token_budget)
     plan = Plan(
         suite,
         base_ref,
@@ -79,3 +85,19 @@ def run_pipeline(
         slug=f"{base_ref.spec}+{adapter_dir.parent.name}",
     )
     return run_variants(plan, reports_dir, training=training)
+
+
+def _check_token_budget(suite: Suite, base_ref: ModelRef, mode: Literal["error", "warn"]) -> None:
+    """References the base tokenizer cannot fit in max_new_tokens would score the ideal answer as truncated:
+    stop before generating (or, in "warn" mode, say so); near misses are printed, one line per case."""
+    report = check_budget(suite, base_ref.path, base_ref.spec, "base model")
+    if report.errors and mode == "error":
+        raise report.error()
+    for case in report.findings:
+        print(f"harness: token budget: {report.line(case)}", file=sys.stderr)
+    if report.findings:
+        print(
+            f"harness: token budget: {len(report.errors)} references do not fit and {len(report.warnings)} fit with "
+            f"under 10% to spare in max_new_tokens {report.max_new_tokens} ({report.suite_file})",
+            file=sys.stderr,
+        )

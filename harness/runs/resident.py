@@ -29,7 +29,7 @@ from harness.engine.loading import (
     load_tokenizer,
 )
 from harness.env import tokenizer_sha256, weights_sha256
-from harness.errors import HarnessInputError, Problem
+from harness.errors import HarnessInputError, Problem, RunStopped
 from harness.io import atomic_write_json
 from harness.models.embedded import ModelRef
 from harness.runs.evaluate import EvalOptions
@@ -165,6 +165,19 @@ class Resident:
             else:
                 self.peft.load_adapter(str(v.path), adapter_name=v.name)
         except Exception as exc:  # noqa: BLE001 - whatever PEFT raises, the cause is the adapter folder
+            if "not found in the base model" in str(exc):  # PEFT's words for target modules that matched nothing
+                raise RunStopped(
+                    [
+                        {
+                            "level": "error",
+                            "code": "no_lora_layers",
+                            "variant": v.name,
+                            "message": f"the adapter's target modules matched no layer of {self.plan.base_ref.spec}: "
+                            f"nothing would be applied ({str(exc)[:200]})",
+                        }
+                    ],
+                    f"{v.path}; nothing was written",
+                ) from None
             raise HarnessInputError(
                 Problem(
                     f"variant {v.name}: {v.path}",

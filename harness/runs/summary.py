@@ -11,6 +11,59 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
+def _moves(before: dict[str, float | None], after: dict[str, float | None]) -> tuple[list[str], list[str]]:
+    """Headline metrics that rose and fell by at least half a point, as 'metric a -> b'."""
+    up: list[str] = []
+    down: list[str] = []
+    for k, b in before.items():
+        a = after.get(k)
+        if a is None or b is None or abs(a - b) < 0.005:
+            continue
+        (up if a > b else down).append(f"{k} {_fmt(b)} -> {_fmt(a)}")
+    return up, down
+
+
+def decision(report: dict[str, Any]) -> list[str]:
+    """The lines a reviewer reads first: the verdict, the checks that decided it, what moved, how to look closer."""
+    g = report.get("gates")
+    names = report["variant_order"]
+    verdict = g["verdict"] if g else "not gated"
+    lines = [f"## Decision: **{verdict.upper()}**", ""]
+    if g:
+        checks = g["checks"]
+        applied = [c for c in checks if c["verdict"] != "not_applicable"]
+        deciding = [c for c in applied if c["verdict"] == verdict] if verdict != "pass" else []
+        if verdict == "pass":
+            lines.append(f"Every check that applies passed ({len(applied)} of {len(checks)}; the rest do not apply).")
+        else:
+            lines.append(f"Decided by {len(deciding)} {verdict} check(s) of {len(applied)} that apply:")
+            lines += [f"- `{c['id']}`: {c['explanation']}" for c in deciding[:8]]
+            if len(deciding) > 8:
+                lines.append(f"- … and {len(deciding) - 8} more in the Gates table below")
+    errors = [f for f in report.get("findings", []) if f["level"] == "error"]
+    lines += [f"- finding `{f['code']}` ({f.get('variant', 'run')}): {f['message']}" for f in errors]
+    h = report["headline"]
+    base = next((n for n in names if report["variants"][n].get("kind") == "base"), None)
+    lines.append("")
+    for n in names:
+        if n == base or base is None:
+            continue
+        up, down = _moves(h[base], h[n])
+        lines.append(
+            f"- {n} vs {base}: improved {', '.join(up) or 'nothing'}; regressed {', '.join(down) or 'nothing'}"
+        )
+    champ = [c for c in (g or {}).get("checks", []) if c.get("baseline") == "champion" and c.get("n")]
+    for c in champ:
+        lines.append(
+            f"- {c['id']}: {_fmt(c.get('value'))} vs champion {g['champion']} {_fmt(c.get('baseline_value'))} "
+            f"({c['verdict']})"
+        )
+    if g and not g.get("champion"):
+        lines.append("- no champion yet: after `harness promote`, the next candidate is also compared with this one")
+    lines += ["", f"Open this run in the app: `make app`, then http://localhost:8501/?run={report['run_id']}", ""]
+    return lines
+
+
 def summary(report: dict[str, Any]) -> str:
     """summary.md: one column per variant, a parity line per derived variant, the gates and the findings."""
     names = report["variant_order"]
@@ -19,6 +72,7 @@ def summary(report: dict[str, Any]) -> str:
     lines = [
         f"# {report['suite']['name']} v{report['suite']['version']}: " + " vs ".join(names),
         "",
+        *decision(report),
         f"run `{report['run_id']}` · {report['suite']['n_cases']} cases · base `{report['model']['spec']}`"
         + (f" (weights `{report['model']['weights_sha256'][:12]}`)" if report["model"].get("weights_sha256") else ""),
         "",

@@ -17,9 +17,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessInputError, Problem
+from harness.scoring.degeneration import SPEC as DEGENERATION
 from harness.scoring.extract import Extraction
 from harness.scoring.fields import MISSING, field_scorer, field_summary
 from harness.scoring.fields import SPEC as FIELDS
+from harness.scoring.fluency import SPEC as FLUENCY
 from harness.scoring.format import FAILURE_CLASSES, failure_counts, format_scorer
 from harness.scoring.format import SPEC as FORMAT
 from harness.scoring.judge import SPEC as JUDGE
@@ -135,7 +137,7 @@ class Registry:
         return len(self._items)
 
 
-SCORERS = Registry((FORMAT, FIELDS, TONE, SAFETY, JUDGE))
+SCORERS = Registry((FORMAT, FIELDS, TONE, SAFETY, DEGENERATION, FLUENCY, JUDGE))
 
 
 def _names(names: Sequence[str] | None) -> tuple[str, ...]:

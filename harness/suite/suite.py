@@ -38,8 +38,9 @@ SUITE_KEYS = {
     "labels": "fields of the JSON answer compared with each case's expected values",
     "slices": "tags that group cases; each must be used by at least one case",
     "generation": "generation settings (max_new_tokens, stop_at_json_end)",
-    "scorers": "which scorers run, by name (default: format, fields, tone, safety)",
+    "scorers": "which scorers run, by name (default: format, fields, tone, safety, degeneration)",
     "judge": "the optional LLM judge's settings; required when scorers lists judge",
+    "fluency": "the fluency scorer's settings (optional: defaults apply when scorers lists fluency without it)",
 }
 REQUIRED_SUITE_KEYS = ("name", "version", "contract", "cases", "labels")
 GENERATION_KEYS = {"max_new_tokens": int, "stop_at_json_end": bool}
@@ -56,8 +57,8 @@ ROLES = {"system", "user", "assistant"}
 
 # The scorer registry's names (harness.scoring.registry). The suite names its scorers without importing them;
 # tests/test_scorer_registry.py keeps this tuple equal to the registry's, so the two cannot drift.
-KNOWN_SCORERS = ("format", "fields", "tone", "safety", "judge")
-DEFAULT_SCORERS = ("format", "fields", "tone", "safety")
+KNOWN_SCORERS = ("format", "fields", "tone", "safety", "degeneration", "fluency", "judge")
+DEFAULT_SCORERS = ("format", "fields", "tone", "safety", "degeneration")
 # The `judge:` block: harness.scoring.judge.JudgeConfig's fields (same defaults; a test checks) plus what the
 # suite adds, the rubric and the answer field. Meaning, type and default of each key.
 JUDGE_KEYS = {
@@ -101,6 +102,22 @@ JUDGE_DEFAULTS: dict[str, Any] = {
     "seed": 0,
 }
 REQUIRED_JUDGE_KEYS = ("kind", "rubric")
+# The `fluency:` block (harness.scoring.fluency): every key is optional; an absent key takes its default.
+FLUENCY_KEYS = {
+    "model": "scoring model: an embedded model name, or a local model folder relative to the suite folder or absolute",
+    "field": "the answer field holding the reply to score (default answer)",
+    "min_coherence": "a reply passes when lp(reply) - lp(word-shuffled reply) reaches this (default 0.25)",
+    "shuffles": "word-order shuffles averaged per reply (default 2)",
+}
+FLUENCY_TYPES: dict[str, type] = {"model": str, "field": str, "min_coherence": float, "shuffles": int}
+FLUENCY_DEFAULTS: dict[str, Any] = {
+    "model": "smollm2-135m-instruct",
+    "field": "answer",
+    "min_coherence": 0.25,
+    "shuffles": 2,
+}
+MAX_MIN_COHERENCE = 5.0  # nats per token; references measure well under 2
+MAX_SHUFFLES = 16
 JUDGE_KINDS = ("endpoint", "local")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -158,6 +175,7 @@ class Suite:
     tone: ToneContract | None = None
     scorers: tuple[str, ...] = DEFAULT_SCORERS  # names from KNOWN_SCORERS, in the order their scores are listed
     judge: Mapping[str, Any] | None = None  # the validated `judge:` block as written (numbers as float where float)
+    fluency: Mapping[str, Any] | None = None  # the validated `fluency:` block with defaults filled; None: not run
 
     def chat(self, case: Case) -> list[dict[str, str]]:
         """The full conversation sent to the model for a case."""
@@ -476,6 +494,7 @@ def load_suite(path: str | Path) -> Suite:
                 problems.extend(exc.problems)
 
     scorers, judge = _scorer_settings(raw, suite_path, problems)
+    fluency = _fluency_settings(raw, scorers, suite_path, problems)
 
     if problems:
         raise HarnessInputError(problems)
@@ -497,6 +516,7 @@ def load_suite(path: str | Path) -> Suite:
         tone=tone,
         scorers=scorers,
         judge=judge,
+        fluency=fluency,
     )
 
 
@@ -553,6 +573,68 @@ def _scorer_settings(
             )
         )
     return names, _judge_block(block, str(suite_path), problems)
+
+
+def _fluency_settings(
+    raw: dict[str, Any], names: tuple[str, ...], suite_path: Path, problems: list[Problem]
+) -> dict[str, Any] | None:
+    """The `fluency:` block with its defaults filled in, or None when fluency is not listed. Checked at load, so
+    a misspelt key or an absurd threshold fails before a long generation rather than after it."""
+    where = f"{suite_path}: key"
+    block = raw.get("fluency")
+    if block is not None and "fluency" not in names:
+        problems.append(
+            Problem(
+                f"{where} 'fluency'",
+                "fluency is configured but scorers does not list fluency, so it would never run",
+                f"add fluency to scorers, e.g. scorers: [{', '.join(names)}, fluency], or remove the fluency block",
+            )
+        )
+    if "fluency" not in names:
+        return None
+    if block is None:
+        return dict(FLUENCY_DEFAULTS)
+    if not isinstance(block, dict):
+        problems.append(
+            Problem(
+                f"{where} 'fluency'",
+                f"must be a mapping, got {block!r}",
+                "e.g. {model: smollm2-135m-instruct, min_coherence: 0.25}",
+            )
+        )
+        return None
+    found: list[Problem] = []
+    values: dict[str, Any] = {}
+    for key, value in block.items():
+        at = f"{where} 'fluency.{key}'"
+        want = FLUENCY_TYPES.get(str(key))
+        if want is None:
+            found.append(Problem(at, "unknown key", _did_you_mean(str(key), FLUENCY_KEYS)))
+        elif want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[str(key)] = float(value)
+        elif type(value) is not want:
+            kind = "a number" if want is float else want.__name__
+            found.append(Problem(at, f"must be {kind}, got {value!r}", f"fix the value ({FLUENCY_KEYS[str(key)]})"))
+        else:
+            values[str(key)] = value
+    for key in ("model", "field"):
+        if isinstance(values.get(key), str) and not values[key].strip():
+            found.append(Problem(f"{where} 'fluency.{key}'", "is empty", f"give {FLUENCY_KEYS[key]}"))
+    threshold = values.get("min_coherence")
+    if threshold is not None and not 0 < threshold <= MAX_MIN_COHERENCE:
+        found.append(
+            Problem(
+                f"{where} 'fluency.min_coherence'",
+                f"must be > 0 and <= {MAX_MIN_COHERENCE}, got {threshold}",
+                "use 0.25, or the threshold `harness check SUITE --fluency` suggests "
+                "(at 0 or below, scrambled text passes by construction)",
+            )
+        )
+    shuffles = values.get("shuffles")
+    if shuffles is not None and not 1 <= shuffles <= MAX_SHUFFLES:
+        found.append(Problem(f"{where} 'fluency.shuffles'", f"must be 1..{MAX_SHUFFLES}, got {shuffles}", "use 2"))
+    problems += found
+    return None if found else {**FLUENCY_DEFAULTS, **values}
 
 
 def _did_you_mean_scorer(name: str) -> str:

@@ -49,6 +49,7 @@ class CheckSpec:
     variants: tuple[str, ...] = ()  # variant names, kinds or roles; empty: candidates (parity: derived variants)
     baseline: str | None = None  # a variant name, base, source, champion
     min_lower_bound: float | None = None
+    max_fail_rate: float | None = None  # threshold only: the share of scored cases failing, at most this (point)
     margin: float = 0.0
     tags: tuple[str, ...] = ()
     description: str = ""
@@ -245,9 +246,35 @@ def load_policy(path: Path, variant_names: list[str] | None = None, suite: Any =
                 bad = metric_problem(c.metric, *metric_args)
                 if bad is not None:
                     problems.append(Problem(f"{where}.metric", *bad))
-            if c.kind == "threshold" and c.min_lower_bound is None:
+            if c.kind == "threshold" and c.min_lower_bound is None and c.max_fail_rate is None:
                 problems.append(
-                    Problem(f"{where}.min_lower_bound", "missing", "a threshold check needs min_lower_bound (0..1)")
+                    Problem(
+                        f"{where}.min_lower_bound",
+                        "missing",
+                        "a threshold check needs min_lower_bound (0..1) or max_fail_rate (0..1)",
+                    )
+                )
+            if c.min_lower_bound is not None and c.max_fail_rate is not None:
+                problems.append(
+                    Problem(
+                        f"{where}.max_fail_rate",
+                        "is given together with min_lower_bound",
+                        "a threshold check bounds one thing: split it into two checks",
+                    )
+                )
+            if c.max_fail_rate is not None and c.kind != "threshold":
+                problems.append(
+                    Problem(
+                        f"{where}.max_fail_rate", f"means nothing to a {c.kind} check", "use it on a threshold check"
+                    )
+                )
+            if c.max_fail_rate is not None and not 0 <= c.max_fail_rate <= 1:
+                problems.append(
+                    Problem(
+                        f"{where}.max_fail_rate",
+                        f"{c.max_fail_rate} is out of range",
+                        "a share of failing cases is between 0 and 1, e.g. 0.02",
+                    )
                 )
             if c.kind in PAIRED and c.baseline is None:
                 problems.append(
@@ -520,6 +547,9 @@ def evaluate_gates(
                 continue
             assert spec.metric is not None
             cand = _values(rows, variant, spec.metric, spec.tags)
+            if spec.kind == "threshold" and spec.max_fail_rate is not None:
+                checks.append(_max_fail_rate_check(spec, variant, cand, rows, policy))
+                continue
             if spec.kind == "threshold":
                 n, k = len(cand), int(sum(1 for v in cand.values() if v >= 1))
                 ci = wilson(k, n, policy.alpha)
@@ -677,6 +707,41 @@ def evaluate_gates(
         "notes": notes,
         "mde_by_slice": {"rate": 0.5, "power": 0.8, "slices": slices},
     }
+
+
+def _max_fail_rate_check(
+    spec: CheckSpec, variant: str, cand: dict[str, float], rows: list[dict[str, Any]], policy: GatePolicy
+) -> dict[str, Any]:
+    """At most a share of cases may fail (e.g. degenerate outputs in at most 2% of cases): a point estimate, as
+    the policy asks; the Wilson interval of the failing share is reported beside it. Zero scored fails."""
+    assert spec.metric is not None and spec.max_fail_rate is not None
+    n = len(cand)
+    failed = [cid for cid, v in cand.items() if v < 1]
+    limit = spec.max_fail_rate
+    ci = wilson(len(failed), n, policy.alpha)
+    if ci is None:
+        verdict, why = "fail", f"zero cases scored for {spec.metric}: a gate never passes on nothing"
+    else:
+        share = len(failed) / n
+        verdict = "pass" if share <= limit else "fail"
+        why = (
+            f"{len(failed)} of {n} cases fail {spec.metric} = {share:.3f} "
+            f"({'within' if verdict == 'pass' else 'above'} the maximum {limit}); "
+            f"95% Wilson interval of the failing share [{ci[0]:.3f}, {ci[1]:.3f}]"
+        )
+    return _check(
+        spec,
+        variant,
+        verdict=verdict,
+        n=n,
+        value=len(failed) / n if n else None,
+        ci95=list(ci) if ci else None,
+        threshold=limit,
+        test="failing share (point estimate)",
+        mde=mde(n, 1 - limit, policy.alpha),
+        explanation=why,
+        worst_cases=[{"id": c, "why": _why(rows, variant, spec.metric, c)} for c in failed[:5]],
+    )
 
 
 def _retention_checks(
