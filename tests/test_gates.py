@@ -148,8 +148,9 @@ def test_pipeline_gates_promote_signoff_and_ledger(
     from harness.suite.suite import load_suite
     from tests.test_pipeline import _adapter, _small_suite
 
-    suite = load_suite(_small_suite(tmp_path, n=6, adversarial=2))
-    policy = load_policy(SUPPORT_VI / "gates.yaml")
+    suite_dir = _small_suite(tmp_path, n=6, adversarial=2)
+    suite = load_suite(suite_dir)
+    policy = load_policy(suite_dir / "gates.yaml")  # support_vi's, less the fluency gate the copy does not score
     reports = tmp_path / "reports"
     adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
     run_dir, report = run_pipeline(
