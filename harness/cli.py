@@ -330,7 +330,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from harness.models.embedded import resolve
     from harness.runs.evaluate import EvalOptions
-    from harness.runs.pipeline import run_pipeline
+    from harness.runs.pipeline import refuse_unfit_references, run_pipeline
     from harness.suite.suite import load_suite
     from harness.training.config import load_train_config
 
@@ -348,14 +348,11 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         from harness.variants.spec import check_adapter
 
         check_adapter(args.adapter, f"--adapter {args.adapter}", cfg.model)
-    from harness.suite.budget import check_budget
     from trainers.sft_recipe import candidate_adapter, check_output_dir
 
     if args.adapter is None:
         check_output_dir(cfg)  # every refusal that names a file comes before the suite's budget
-    budget = check_budget(suite, resolve(cfg.model).path, cfg.model, "base model")
-    if budget.errors:  # before training: a suite the ideal answer cannot pass is not worth minutes of training
-        raise budget.error()
+    refuse_unfit_references(suite, resolve(cfg.model))
     adapter, training = candidate_adapter(cfg, args.adapter)
     canaries = tuple((training or {}).get("canaries") or ())
     options = EvalOptions(

@@ -197,7 +197,7 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
     from harness.errors import Problem
     from harness.models.embedded import resolve
     from harness.runs.evaluate import EvalOptions
-    from harness.runs.pipeline import run_pipeline
+    from harness.runs.pipeline import refuse_unfit_references, run_pipeline
     from harness.suite.suite import load_suite
     from harness.training.config import load_train_config
     from harness.verdict.promote import regate
@@ -235,6 +235,7 @@ def _run(config: pytest.Config, gates_file: Path) -> dict[str, Any]:
     suite = load_suite(gates_file.parent)
     from trainers.sft_recipe import candidate_adapter
 
+    refuse_unfit_references(suite, resolve(cfg.model))  # before training, as `harness pipeline` does
     adapter_opt = config.getoption("--harness-adapter")
     adapter, training = candidate_adapter(cfg, Path(adapter_opt) if adapter_opt else None)
     options = EvalOptions(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,8 +17,11 @@ from harness.suite.suite import load_suite
 from tests.conftest import SUPPORT_VI
 
 
-def _small_suite(tmp_path: Path, n: int = 8, max_new: int = 12, adversarial: int = 0) -> Path:
-    """A few support_vi cases (plus adversarial ones) with short generations, for fast pipeline runs."""
+def _small_suite(tmp_path: Path, n: int = 8, max_new: int = 12, adversarial: int = 0, references: bool = True) -> Path:
+    """A few support_vi cases (plus adversarial ones) with short generations, for fast pipeline runs.
+
+    `references=False` drops the reference answers: no tiny budget fits them, and `harness pipeline` refuses
+    a suite whose references do not fit (run_pipeline callers pass token_budget="warn" instead)."""
     import yaml
 
     dst = tmp_path / "suite"
@@ -26,6 +30,8 @@ def _small_suite(tmp_path: Path, n: int = 8, max_new: int = 12, adversarial: int
     picked = [json.loads(x) for x in lines[:: len(lines) // n][:n]]
     for p in picked:
         p["tags"] = []
+        if not references:
+            p.pop("reference", None)
     picked += [
         json.loads(x) for x in (dst / "adversarial.jsonl").read_text(encoding="utf-8").splitlines()[:adversarial]
     ]
@@ -109,21 +115,24 @@ def test_pipeline_reports_three_variants_and_parity(tiny_model_dir: Path, tmp_pa
     assert "token_agreement" in rows[0]["parity"]
 
 
+def _run_small(
+    tmp_path: Path, tiny_model: Path, adapter: Path, suite: Path, run_id: str, options: EvalOptions | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """run_pipeline on a small suite (its tiny budget fits no reference: the budget only warns)."""
+    options = options or EvalOptions(progress=False)
+    suite_ = load_suite(suite)
+    return run_pipeline(
+        suite_, resolve(str(tiny_model)), adapter, tmp_path / "reports", options, run_id=run_id, token_budget="warn"
+    )
+
+
 def test_untrained_adapter_stops_before_decoding(tiny_model_dir: Path, tmp_path: Path) -> None:
     from harness.errors import RunStopped
 
     adapter = _adapter(tmp_path, tiny_model_dir, trained=False)
-    suite = load_suite(_small_suite(tmp_path, n=4))
+    options = EvalOptions(batch_size=4, progress=False, cache_path=tmp_path / "cache.sqlite")
     with pytest.raises(RunStopped) as stopped:
-        run_pipeline(
-            suite,
-            resolve(str(tiny_model_dir)),
-            adapter,
-            tmp_path / "reports",
-            EvalOptions(batch_size=4, progress=False, cache_path=tmp_path / "cache.sqlite"),
-            run_id="z",
-            token_budget="warn",
-        )
+        _run_small(tmp_path, tiny_model_dir, adapter, _small_suite(tmp_path, n=4), "z", options)
     assert [(f["code"], f["variant"]) for f in stopped.value.findings] == [("lora_b_all_zero", "adapter")]
     assert "stopped before decoding" in str(stopped.value) and "LoRA B matrices are zero" in str(stopped.value)
     assert not (tmp_path / "reports" / "z").exists()  # nothing written
@@ -144,17 +153,8 @@ def test_adapter_matching_no_layer_stops_before_decoding(tiny_model_dir: Path, t
     cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     cfg["target_modules"] = ".*no_such_proj$"  # a regex: checked by PEFT when it attaches, not by the spec
     (adapter / "adapter_config.json").write_text(json.dumps(cfg), encoding="utf-8")
-    suite = load_suite(_small_suite(tmp_path, n=4))
     with pytest.raises(RunStopped) as stopped:
-        run_pipeline(
-            suite,
-            resolve(str(tiny_model_dir)),
-            adapter,
-            tmp_path / "reports",
-            EvalOptions(progress=False),
-            run_id="z",
-            token_budget="warn",
-        )
+        _run_small(tmp_path, tiny_model_dir, adapter, _small_suite(tmp_path, n=4), "z")
     assert [f["code"] for f in stopped.value.findings] == ["no_lora_layers"]
     assert not (tmp_path / "reports" / "z").exists()
 
@@ -162,16 +162,7 @@ def test_adapter_matching_no_layer_stops_before_decoding(tiny_model_dir: Path, t
 def test_trained_adapter_passes_the_preflight(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The preflight's findings are the report's: a trained adapter has none and the run goes on."""
     adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
-    suite = load_suite(_small_suite(tmp_path, n=2, max_new=4))
-    _, report = run_pipeline(
-        suite,
-        resolve(str(tiny_model_dir)),
-        adapter,
-        tmp_path / "reports",
-        EvalOptions(progress=False),
-        run_id="ok",
-        token_budget="warn",
-    )
+    _, report = _run_small(tmp_path, tiny_model_dir, adapter, _small_suite(tmp_path, n=2, max_new=4), "ok")
     assert not [f for f in report["findings"] if f["code"] in ("lora_b_all_zero", "no_lora_layers")]
 
 

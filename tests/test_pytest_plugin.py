@@ -23,15 +23,9 @@ checks:
 
 
 def _project(pytester: pytest.Pytester, tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, Path]:
-    import json
-
     from tests.test_pipeline import _adapter, _small_suite
 
-    suite = _small_suite(tmp_path, n=4)
-    cases = [json.loads(x) for x in (suite / "cases.jsonl").read_text(encoding="utf-8").splitlines()]
-    for c in cases:  # a 12-token budget fits no reference: without them the budget check has nothing to refuse
-        c.pop("reference", None)
-    (suite / "cases.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in cases), "utf-8")
+    suite = _small_suite(tmp_path, n=4, references=False)
     (suite / "gates.yaml").write_text(POLICY.format(preset=REPO / "trainers/configs/demo.yaml"), encoding="utf-8")
     adapter = _adapter(tmp_path, tiny_model_dir, trained=True)
     return suite, adapter

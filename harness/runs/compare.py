@@ -311,7 +311,7 @@ def _eval_resident(run: Run, v: Variant) -> Outcome:
         records, metrics, timings, gens = _evaluate_as(run, v, model)
         info: dict[str, Any] = {}
         if v.kind == "adapter":
-            info["adapter_findings"] = run.adapter_checks.get(v.name) or adapter_findings(model, v.name)
+            info["adapter_findings"] = run.adapter_checks[v.name]  # measured by _preflight, before any decoding
         if plan.retention_dir is not None:
             run.retention[v.name] = _retention(plan, model, tok, v.name, run.keys[v.name])
     return Outcome(records, metrics, timings, gens, info)

@@ -19,7 +19,7 @@ from harness.models.embedded import ModelRef
 from harness.runs.compare import run_variants
 from harness.runs.evaluate import EvalOptions
 from harness.runs.resident import Plan, export_dtype
-from harness.suite.budget import check_budget
+from harness.suite.budget import BudgetReport, check_budget
 from harness.suite.suite import Suite
 from harness.variants.spec import VariantSpec, resolve_variants
 from harness.verdict.gates import GatePolicy
@@ -87,12 +87,22 @@ def run_pipeline(
     return run_variants(plan, reports_dir, training=training)
 
 
+def refuse_unfit_references(suite: Suite, base_ref: ModelRef) -> BudgetReport:
+    """Raise when a reference cannot fit max_new_tokens under the base tokenizer. Entry points that train call
+    it first: a suite whose ideal answer would be scored as truncated is not worth minutes of training."""
+    report = check_budget(suite, base_ref.path, base_ref.spec, "base model")
+    if report.errors:
+        raise report.error()
+    return report
+
+
 def _check_token_budget(suite: Suite, base_ref: ModelRef, mode: Literal["error", "warn"]) -> None:
     """References the base tokenizer cannot fit in max_new_tokens would score the ideal answer as truncated:
     stop before generating (or, in "warn" mode, say so); near misses are printed, one line per case."""
-    report = check_budget(suite, base_ref.path, base_ref.spec, "base model")
-    if report.errors and mode == "error":
-        raise report.error()
+    if mode == "error":
+        report = refuse_unfit_references(suite, base_ref)
+    else:
+        report = check_budget(suite, base_ref.path, base_ref.spec, "base model")
     for case in report.findings:
         print(f"harness: token budget: {report.line(case)}", file=sys.stderr)
     if report.findings:

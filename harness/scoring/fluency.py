@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from harness.errors import HarnessInputError, Problem
 from harness.scoring.extract import Extraction
 from harness.scoring.score import Score
@@ -266,12 +268,7 @@ SPEC = ScorerSpec(
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile (numpy's default), without numpy."""
-    s = sorted(values)
-    pos = (len(s) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    return float(np.quantile(values, q))  # linear interpolation between the closest ranks
 
 
 @dataclass(frozen=True)

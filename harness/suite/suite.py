@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -603,20 +603,9 @@ def _fluency_settings(
             )
         )
         return None
-    found: list[Problem] = []
-    values: dict[str, Any] = {}
-    for key, value in block.items():
-        at = f"{where} 'fluency.{key}'"
-        want = FLUENCY_TYPES.get(str(key))
-        if want is None:
-            found.append(Problem(at, "unknown key", _did_you_mean(str(key), FLUENCY_KEYS)))
-        elif want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            values[str(key)] = float(value)
-        elif type(value) is not want:
-            kind = "a number" if want is float else want.__name__
-            found.append(Problem(at, f"must be {kind}, got {value!r}", f"fix the value ({FLUENCY_KEYS[str(key)]})"))
-        else:
-            values[str(key)] = value
+    values, found = _typed_entries(
+        block, f"{where} 'fluency.", FLUENCY_TYPES, FLUENCY_KEYS, lambda key: f"fix the value ({FLUENCY_KEYS[key]})"
+    )
     for key in ("model", "field"):
         if isinstance(values.get(key), str) and not values[key].strip():
             found.append(Problem(f"{where} 'fluency.{key}'", "is empty", f"give {FLUENCY_KEYS[key]}"))
@@ -645,6 +634,35 @@ def _did_you_mean_scorer(name: str) -> str:
     return f"did you mean {close[0]!r}? {known}" if close else known
 
 
+def _typed_entries(
+    block: Mapping[Any, Any],
+    at: str,
+    types: Mapping[str, type],
+    keys: Mapping[str, str],
+    fix: Callable[[str], str],
+    none_is_empty: bool = False,
+) -> tuple[dict[str, Any], list[Problem]]:
+    """A settings block's known keys with values of their type (ints accepted as floats), and a problem for each
+    unknown key or mistyped value. `at` is the location up to the key, e.g. "suite.yaml: key 'judge."."""
+    found: list[Problem] = []
+    values: dict[str, Any] = {}
+    for key, value in block.items():
+        where = f"{at}{key}'"
+        want = types.get(str(key))
+        if want is None:
+            found.append(Problem(where, "unknown key", _did_you_mean(str(key), keys)))
+        elif value is None and none_is_empty:
+            found.append(Problem(where, "is empty", f"give a {want.__name__} or remove the key"))
+        elif want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[str(key)] = float(value)
+        elif type(value) is not want:
+            kind = "a number" if want is float else want.__name__
+            found.append(Problem(where, f"must be {kind}, got {value!r}", fix(str(key))))
+        else:
+            values[str(key)] = value
+    return values, found
+
+
 def _judge_block(block: Any, where: str, problems: list[Problem]) -> dict[str, Any] | None:
     """Check the judge block's keys and types here and its values with judge_problems; keep it as written."""
     if not isinstance(block, dict):
@@ -656,22 +674,9 @@ def _judge_block(block: Any, where: str, problems: list[Problem]) -> dict[str, A
             )
         )
         return None
-    found: list[Problem] = []
-    values: dict[str, Any] = {}
-    for key, value in block.items():
-        at = f"{where}: key 'judge.{key}'"
-        want = JUDGE_TYPES.get(str(key))
-        if want is None:
-            found.append(Problem(at, "unknown key", _did_you_mean(str(key), JUDGE_KEYS)))
-        elif value is None:
-            found.append(Problem(at, "is empty", f"give a {want.__name__} or remove the key"))
-        elif want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            values[str(key)] = float(value)
-        elif type(value) is not want:
-            kind = "a number" if want is float else want.__name__
-            found.append(Problem(at, f"must be {kind}, got {value!r}", "fix the value"))
-        else:
-            values[str(key)] = value
+    values, found = _typed_entries(
+        block, f"{where}: key 'judge.", JUDGE_TYPES, JUDGE_KEYS, lambda key: "fix the value", none_is_empty=True
+    )
     for key in REQUIRED_JUDGE_KEYS:
         if key not in block:
             found.append(Problem(f"{where}: key 'judge.{key}'", "missing", f"add it ({JUDGE_KEYS[key]})"))
