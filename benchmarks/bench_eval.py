@@ -1,8 +1,9 @@
 """Eval throughput: the harness engine against the seed lesson's reference loop, in the same run.
 
-Reference: one prompt at a time, unbatched `model.generate`, greedy, max_new_tokens=160, fp32, the same
-model and the same cases. The engine: `harness.engine.generate` (length-sorted batches, shared-prefix and
-per-row prefill, static cache, stop at the end of the JSON object).
+Reference: one prompt at a time, unbatched `model.generate`, greedy, fp32, the same model, the same cases
+and the same token budget (the suite's max_new_tokens, as the engine gets). The engine:
+`harness.engine.generate` (length-sorted batches, shared-prefix and per-row prefill, static cache, stop at the
+end of the JSON object).
 
 The reference is slow (about 12 s a case here), so by default it runs on an evenly spaced sample of the
 suite; its rate does not depend on which cases run together, so the sample estimates it without bias.
@@ -76,7 +77,7 @@ def main() -> int:
     k = n if args.reference_cases <= 0 else min(args.reference_cases, n)
     sample = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
     t0 = time.perf_counter()
-    ref_out = reference_loop(model, tokenizer, [chats[i] for i in sample], 160)
+    ref_out = reference_loop(model, tokenizer, [chats[i] for i in sample], settings.max_new_tokens)
     reference_s = time.perf_counter() - t0
     reference_rate = len(sample) / reference_s
 
@@ -120,7 +121,7 @@ def main() -> int:
     )
     print(
         f"reference: {reference_rate:.4f} cases/s ({len(sample)} cases in {reference_s:.1f} s, "
-        "one at a time, max_new_tokens=160)"
+        f"one at a time, max_new_tokens={settings.max_new_tokens})"
     )
     print(f"ratio:     {figures['ratio']:.1f}x  (target >= 20x)")
     print(
